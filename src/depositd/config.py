@@ -1,0 +1,188 @@
+"""Configuration: one TOML file plus ``DEPOSITD_…`` environment overrides, checked at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from depositd.domain.assets import Asset, AssetBook, ConfirmationTier
+from depositd.domain.money import parse_amount
+from depositd.errors import ConfigError, InvalidAmount
+
+ENV_PREFIX = "DEPOSITD_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    #: SQLAlchemy URL: ``sqlite:///var/depositd.db`` or ``postgresql://user@host/db``
+    url: str = "sqlite:///var/depositd.db"
+    #: a file holding the URL (for secrets mounted as files); wins over ``url``
+    url_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {url!r}") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"use sqlite or postgresql, not {backend}")
+        return url
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: requests with a larger body are refused with 413
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+
+
+class ChainConfig(_Section):
+    chain_id: int = Field(ge=1)
+    block_time_seconds: float = Field(12.0, gt=0)
+
+
+class TierConfig(_Section):
+    #: deposits of at least this amount (a decimal string) ...
+    min_amount: str
+    #: ... need this many confirmations
+    confirmations: int = Field(ge=0)
+
+
+class AssetConfig(_Section):
+    code: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    chain: str
+    symbol: str
+    decimals: int = Field(ge=0, le=77)
+    #: token contract (0x…), or none for the chain's native coin
+    contract: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$")
+    min_deposit: str
+    confirmations: int = Field(ge=0)
+    tiers: list[TierConfig] = []
+
+
+class Config(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    database: DatabaseConfig = DatabaseConfig()
+    server: ServerConfig = ServerConfig()
+    chains: dict[str, ChainConfig] = {}
+    assets: list[AssetConfig] = []
+
+    def database_url(self) -> str:
+        if self.database.url_file is not None:
+            try:
+                return self.database.url_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"database.url_file: cannot read it ({exc.strerror})") from exc
+        return self.database.url
+
+    def asset_book(self) -> AssetBook:
+        """The configured assets, with amounts turned into base units."""
+        book = []
+        for index, cfg in enumerate(self.assets):
+            where = f"assets[{index}] ({cfg.code})"
+            chain = self.chains.get(cfg.chain)
+            if chain is None:
+                raise ConfigError(f"{where}.chain: no [chains.{cfg.chain}] section")
+            try:
+                minimum = parse_amount(cfg.min_deposit, cfg.decimals)
+                tiers = tuple(
+                    ConfirmationTier(parse_amount(t.min_amount, cfg.decimals), t.confirmations)
+                    for t in cfg.tiers
+                )
+            except InvalidAmount as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            book.append(
+                Asset(
+                    code=cfg.code, chain=cfg.chain, symbol=cfg.symbol, decimals=cfg.decimals,
+                    min_deposit=minimum, confirmations=cfg.confirmations,
+                    contract=cfg.contract.lower() if cfg.contract else None,
+                    block_time_seconds=chain.block_time_seconds, tiers=tiers,
+                )
+            )
+        codes = [asset.code for asset in book]
+        if len(set(codes)) != len(codes):
+            raise ConfigError("assets: asset codes must be unique")
+        return AssetBook(book)
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (or the embedded defaults), apply the environment, validate.
+
+    Raises ``ConfigError`` with one line naming the offending key.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        path = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if path is None:
+        text = resources.files("depositd").joinpath("defaults.toml").read_text()
+        source = "embedded defaults"
+    else:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        source = str(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source}: {exc}") from None
+    _refuse_secrets_in_file(raw)
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and name != f"{ENV_PREFIX}CONFIG":
+            _override(raw, name, value)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    config.asset_book()  # amounts and chains are checked now, not on first use
+    return config
+
+
+def _refuse_secrets_in_file(raw: Mapping[str, Any]) -> None:
+    url = raw.get("database", {}).get("url")
+    if isinstance(url, str):
+        try:
+            password = make_url(url).password
+        except ArgumentError:
+            return  # reported by validation with the key's name
+        if password:
+            raise ConfigError(
+                "database.url: a password does not belong in the config file;"
+                " set DEPOSITD_DATABASE__URL or database.url_file"
+            )
+
+
+def _override(raw: dict[str, Any], name: str, value: str) -> None:
+    path = name[len(ENV_PREFIX):].lower().split("__")
+    if not all(re.fullmatch(r"[a-z0-9_]+", part) for part in path):
+        raise ConfigError(f"{name}: not a configuration key")
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{name}: {'.'.join(path)} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "config"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{key}: {error['msg']}{shown}{more}"

@@ -1,0 +1,1 @@
+"""Storage: the only schema, repositories, the unit of work and migrations."""

@@ -1,0 +1,92 @@
+"""Connections to SQLite (WAL, one writer) or PostgreSQL (asyncpg), set up the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from depositd.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _big_add(left: str | None, right: str | None) -> str:
+    """Exact addition of decimal-text amounts (SQLite's own ``+`` goes through REAL)."""
+    return str(int(left or 0) + int(right or 0))
+
+
+class Database:
+    """Engines for one database.
+
+    SQLite allows one writer at a time, so writes go through a one-connection engine whose
+    transactions start with ``BEGIN IMMEDIATE`` (the write lock is taken up front: no
+    mid-transaction SQLITE_BUSY), while reads use a pool of WAL readers. PostgreSQL uses one
+    pool for both.
+    """
+
+    def __init__(self, url: str | URL, *, pool_size: int = 10) -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self.url = self.url.set(drivername="sqlite+aiosqlite")
+            self._prepare_sqlite_file()
+            self.writer = self._sqlite_engine(immediate=True, pool_size=1)
+            self.reader = self._sqlite_engine(immediate=False, pool_size=4)
+        elif self.dialect == "postgresql":
+            self.url = self.url.set(drivername="postgresql+asyncpg")
+            self.writer = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+            )
+            self.reader = self.writer
+        else:
+            raise ConfigError(f"database.url: unsupported database {self.dialect!r}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and messages."""
+        return self.url.render_as_string(hide_password=True)
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+    def _prepare_sqlite_file(self) -> None:
+        database = self.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    def _sqlite_engine(self, *, immediate: bool, pool_size: int) -> AsyncEngine:
+        engine = create_async_engine(
+            self.url,
+            pool_size=pool_size,
+            max_overflow=0,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # we issue BEGIN ourselves (below) instead of the driver's implicit one
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.close()
+            dbapi_connection.create_function("big_add", 2, _big_add, deterministic=True)
+
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
+
+        return engine

@@ -1,0 +1,247 @@
+"""The schema: every table depositd stores, declared once (migrations are checked against it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+class Amount(TypeDecorator[int]):
+    """A signed integer amount of base units, up to uint256 — exact on both engines.
+
+    PostgreSQL stores NUMERIC(78, 0). SQLite has only 64-bit integers, so there it is the
+    decimal text; arithmetic on it goes through the ``big_add`` function ``db.engine``
+    registers, never through SQLite's lossy numeric conversion.
+    """
+
+    impl = Numeric(78, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(80))
+        return dialect.type_descriptor(Numeric(78, 0))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return str(value) if dialect.name == "sqlite" else Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC timestamp on both engines (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: autoincrementing key that is a rowid alias on SQLite
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _ts(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, UtcDateTime(), nullable=nullable)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    _ts("created_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False, index=True),
+    Column("label", String(200), nullable=False),
+    #: first characters of the key, shown in listings so people can tell keys apart
+    Column("prefix", String(20), nullable=False),
+    #: SHA-256 of the whole key; the key itself is shown once and never stored
+    Column("key_hash", String(64), nullable=False, unique=True),
+    _ts("created_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("external_id", String(128), nullable=False),
+    _ts("created_at"),
+    UniqueConstraint("merchant_id", "external_id"),
+)
+
+addresses = Table(
+    "addresses",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    Column("chain", String(40), nullable=False),
+    #: lower-case hex for EVM chains
+    Column("address", String(128), nullable=False),
+    _ts("created_at"),
+    UniqueConstraint("chain", "address"),
+)
+
+deposits = Table(
+    "deposits",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    #: ``chain:<chain>:<tx>:<log index>`` or ``provider:<provider>:<id>``: one deposit, ever
+    Column("identity", String(300), nullable=False, unique=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    Column("asset", String(40), nullable=False),
+    Column("amount", Amount(), nullable=False),
+    Column("source", String(80), nullable=False),
+    Column("chain", String(40), nullable=True),
+    Column("tx_hash", String(100), nullable=True),
+    Column("log_index", Integer, nullable=True),
+    Column("provider", String(40), nullable=True),
+    Column("provider_deposit_id", String(200), nullable=True),
+    Column("block_number", BigInteger, nullable=True),
+    Column("block_hash", String(100), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("confirmations", Integer, nullable=False),
+    Column("required_confirmations", Integer, nullable=False),
+    Column("reason_code", String(60), nullable=False),
+    Column("reason_params", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("credit_generation", Integer, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    Index(None, "merchant_id", "id"),
+    Index(None, "merchant_id", "status", "id"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    #: ``user:<id>:<asset>:<side>`` or ``merchant:<id>:<asset>:external``
+    Column("key", String(200), nullable=False, unique=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id"), nullable=True, index=True),
+    Column("asset", String(40), nullable=False),
+    Column("side", String(20), nullable=False),
+    #: cache of the sum of this account's entries, updated in the same transaction
+    Column("balance", Amount(), nullable=False),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("deposit_id", ForeignKey("deposits.id"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("amount", Amount(), nullable=False),
+    _ts("created_at"),
+    # the database itself refuses a second credit (or reversal) of the same deposit generation
+    UniqueConstraint("deposit_id", "kind", "generation", "account_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    #: global cursor, gap-free and in commit order (allocated from ``event_counter``)
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("deposit_id", ForeignKey("deposits.id"), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("data", JSON, nullable=False),
+    _ts("created_at"),
+    UniqueConstraint("deposit_id", "version"),
+    Index(None, "merchant_id", "seq"),
+)
+
+#: one row holding the last ``events.seq`` handed out; its row lock orders event writers
+event_counter = Table(
+    "event_counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False, index=True),
+    Column("url", String(2000), nullable=False),
+    _ts("created_at"),
+    _ts("disabled_at", nullable=True),
+)
+
+endpoint_subscriptions = Table(
+    "endpoint_subscriptions",
+    metadata,
+    Column("endpoint_id", ForeignKey("endpoints.id"), primary_key=True),
+    #: an event type, or ``*`` for all
+    Column("event_type", String(40), primary_key=True),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("endpoint_id", ForeignKey("endpoints.id"), nullable=False),
+    Column("event_seq", ForeignKey("events.seq"), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    _ts("next_attempt_at"),
+    _ts("created_at"),
+    UniqueConstraint("endpoint_id", "event_seq"),
+    Index(None, "status", "next_attempt_at"),
+)

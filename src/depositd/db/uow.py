@@ -1,0 +1,66 @@
+"""A unit of work: one transaction that rolls back unless told to commit."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from depositd.db.engine import Database
+from depositd.db.repositories import (
+    AccountRepository,
+    DepositRepository,
+    EndpointRepository,
+    EventRepository,
+    MerchantRepository,
+    UserRepository,
+)
+
+
+class UnitOfWork:
+    """``async with UnitOfWork(db, write=True) as uow: ...; await uow.commit()``.
+
+    Everything a use case changes — deposit state, ledger entries, events, outbox rows — goes
+    through one connection in one transaction. Leaving the block without ``commit()`` (an
+    exception, an early return) rolls everything back.
+    """
+
+    def __init__(self, db: Database, *, write: bool) -> None:
+        self._db = db
+        self._engine = db.writer if write else db.reader
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> UnitOfWork:
+        conn = await self._engine.connect()
+        try:
+            await conn.begin()
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        sqlite = self._db.is_sqlite
+        self.merchants = MerchantRepository(conn)
+        self.users = UserRepository(conn)
+        self.deposits = DepositRepository(conn)
+        self.accounts = AccountRepository(conn, sqlite=sqlite)
+        self.events = EventRepository(conn)
+        self.endpoints = EndpointRepository(conn)
+        return self
+
+    async def commit(self) -> None:
+        assert self._conn is not None
+        await self._conn.commit()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._conn is not None
+        try:
+            if self._conn.in_transaction():
+                await self._conn.rollback()
+        finally:
+            await self._conn.close()
+            self._conn = None

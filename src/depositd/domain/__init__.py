@@ -1,0 +1,1 @@
+"""Pure deposit rules: money, assets, the deposit state machine, ledger postings, events."""

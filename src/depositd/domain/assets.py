@@ -1,0 +1,63 @@
+"""Assets depositd accepts, as configured: chain, decimals, minimum and confirmation policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from depositd.errors import UnknownAsset
+
+
+@dataclass(frozen=True)
+class ConfirmationTier:
+    """Deposits of at least ``min_amount`` base units need ``confirmations`` confirmations."""
+
+    min_amount: int
+    confirmations: int
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One depositable asset on one chain.
+
+    ``contract`` is None for the chain's native coin, else the token contract address
+    (lower-case hex), the only contract whose transfers count as deposits of this asset.
+    """
+
+    code: str
+    chain: str
+    symbol: str
+    decimals: int
+    min_deposit: int
+    confirmations: int
+    contract: str | None = None
+    block_time_seconds: float = 12.0
+    tiers: tuple[ConfirmationTier, ...] = field(default=())
+
+    def required_confirmations(self, amount: int) -> int:
+        """Confirmations needed before ``amount`` is credited: the highest tier it reaches."""
+        required = self.confirmations
+        for tier in self.tiers:
+            if amount >= tier.min_amount:
+                required = max(required, tier.confirmations)
+        return required
+
+
+class AssetBook(Mapping[str, Asset]):
+    """The configured assets by code; looking up an unknown code raises ``UnknownAsset``."""
+
+    def __init__(self, assets: Iterable[Asset]) -> None:
+        self._by_code = {asset.code: asset for asset in assets}
+
+    def __getitem__(self, code: str) -> Asset:
+        try:
+            return self._by_code[code]
+        except KeyError:
+            known = ", ".join(sorted(self._by_code)) or "none configured"
+            raise UnknownAsset(f"unknown asset {code!r} (known: {known})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_code)
+
+    def __len__(self) -> int:
+        return len(self._by_code)

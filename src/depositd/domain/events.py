@@ -1,0 +1,71 @@
+"""Events: what changed, as the webhook and event-log payload every consumer sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from depositd.domain.assets import Asset
+from depositd.domain.deposits import ChainRef, DepositState
+from depositd.domain.money import format_amount
+
+#: every event type depositd emits (DESIGN §2)
+EVENT_TYPES = (
+    "deposit.pending",
+    "deposit.confirming",
+    "deposit.credited",
+    "deposit.held",
+    "deposit.rejected",
+    "deposit.orphaned",
+    "deposit.reversed",
+    "deposit.failed",
+    "deposit_order.expired",
+    "endpoint.disabled",
+)
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event to append; ``seq`` is assigned when the unit of work writes it."""
+
+    id: str
+    type: str
+    merchant_id: str
+    deposit_id: str | None
+    version: int | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+def deposit_event(event_id: str, deposit: DepositState, asset: Asset) -> PendingEvent:
+    """The event announcing ``deposit``'s current state (its status names the type)."""
+    ref = deposit.ref
+    data: dict[str, Any] = {
+        "id": deposit.id,
+        "user": {"id": deposit.user_id, "external_id": deposit.user_external_id},
+        "asset": asset.code,
+        "chain": asset.chain,
+        "amount": format_amount(deposit.amount, asset.decimals),
+        "amount_base_units": str(deposit.amount),
+        "tx_hash": deposit.tx_hash,
+        "log_index": ref.log_index if isinstance(ref, ChainRef) else None,
+        "provider": None if isinstance(ref, ChainRef) else ref.provider,
+        "provider_deposit_id": None if isinstance(ref, ChainRef) else ref.deposit_id,
+        "block_number": deposit.block_number,
+        "confirmations": deposit.confirmations,
+        "required_confirmations": deposit.required_confirmations,
+        "status": deposit.status.value,
+        "reason": {"code": deposit.reason.code, "params": dict(deposit.reason.params)},
+        "hint": deposit.reason.render("en"),
+        "version": deposit.version,
+    }
+    return PendingEvent(
+        id=event_id,
+        type=f"deposit.{deposit.status.value}",
+        merchant_id=deposit.merchant_id,
+        deposit_id=deposit.id,
+        version=deposit.version,
+        data=data,
+        created_at=deposit.updated_at,
+    )

@@ -1,0 +1,61 @@
+"""Double-entry postings: every deposit credit and reversal as entries that sum to zero.
+
+Accounts are named by key. A user holds ``available`` and ``locked`` sides per asset; the
+merchant's ``external`` account per asset is where deposited money enters the ledger from
+outside, so its balance is minus everything credited. Entries are append-only: a reversal is a
+new posting with opposite signs, never an edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from depositd.domain.deposits import DepositState, Posting
+
+
+class Side(StrEnum):
+    #: spendable by the user
+    AVAILABLE = "available"
+    #: the user's, but not spendable (held, frozen)
+    LOCKED = "locked"
+    #: the merchant's counter-account for money arriving from outside the ledger
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True)
+class Account:
+    merchant_id: str
+    user_id: str | None
+    asset: str
+    side: Side
+
+    @property
+    def key(self) -> str:
+        owner = f"user:{self.user_id}" if self.user_id else f"merchant:{self.merchant_id}"
+        return f"{owner}:{self.asset}:{self.side}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a posting. ``generation`` tells the n-th credit of a deposit (and the
+    reversal of that credit) apart, so a deposit credited, reorged out and mined again is
+    credited again — while a second credit of the same generation violates a unique key."""
+
+    account: Account
+    amount: int
+    kind: Posting
+    generation: int
+
+
+def postings_for(deposit: DepositState, posting: Posting) -> list[Entry]:
+    """Entries for ``posting`` on ``deposit`` as it is *after* the transition."""
+    available = Account(deposit.merchant_id, deposit.user_id, deposit.asset, Side.AVAILABLE)
+    external = Account(deposit.merchant_id, None, deposit.asset, Side.EXTERNAL)
+    amount = deposit.amount if posting is Posting.CREDIT else -deposit.amount
+    # a reversal has already moved the deposit on to its next generation
+    generation = deposit.credit_generation - (posting is Posting.REVERSAL)
+    return [
+        Entry(external, -amount, posting, generation),
+        Entry(available, amount, posting, generation),
+    ]

@@ -1,0 +1,140 @@
+"""Human hints for deposit transitions: a message code plus parameters, rendered per language.
+
+Transitions store only the code and its parameters, so a hint can be shown in the reader's
+language long after it was recorded and a wording fix reaches old deposits too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: languages we render, the first one is the fallback
+LANGUAGES = ("en", "zh-CN")
+
+_CATALOG: dict[str, dict[str, str]] = {
+    "awaiting_first_confirmation": {
+        "en": "Seen on the network; waiting for the first of {required} confirmations.",
+        "zh-CN": "已在网络上发现，等待第一个确认（共需 {required} 个确认）。",
+    },
+    "awaiting_confirmations": {
+        "en": "Waiting for {remaining} more confirmations, about {eta_seconds} s.",
+        "zh-CN": "还需等待 {remaining} 个确认，约 {eta_seconds} 秒。",
+    },
+    "confirmed": {
+        "en": "Credited after {confirmations} confirmations.",
+        "zh-CN": "已达到 {confirmations} 个确认，已入账。",
+    },
+    "provider_pending": {
+        "en": "{provider} reports the payment as pending.",
+        "zh-CN": "{provider} 报告该笔付款处理中。",
+    },
+    "provider_confirmed": {
+        "en": "Credited: {provider} confirmed the payment.",
+        "zh-CN": "{provider} 已确认付款，已入账。",
+    },
+    "provider_failed": {
+        "en": "{provider} reports that the payment failed.",
+        "zh-CN": "{provider} 报告该笔付款失败。",
+    },
+    "provider_reversed": {
+        "en": "{provider} reversed the payment; the credit was taken back.",
+        "zh-CN": "{provider} 撤销了该笔付款，入账金额已扣回。",
+    },
+    "below_minimum": {
+        "en": "Sent below the {minimum} {symbol} minimum; not credited.",
+        "zh-CN": "金额低于最低充值额 {minimum} {symbol}，不予入账。",
+    },
+    "token_not_accepted": {
+        "en": "Token contract not accepted; not credited.",
+        "zh-CN": "不支持该代币合约，不予入账。",
+    },
+    "transaction_failed": {
+        "en": "The transaction failed on chain; nothing arrived.",
+        "zh-CN": "该交易在链上执行失败，资金未到账。",
+    },
+    "fake_transfer": {
+        "en": "The transfer did not come from the token contract; not credited.",
+        "zh-CN": "该转账并非来自代币合约本身，不予入账。",
+    },
+    "claim_not_on_chain": {
+        "en": "The chain does not show this transfer; not credited.",
+        "zh-CN": "链上查无此笔转账，不予入账。",
+    },
+    "removed_by_reorg": {
+        "en": "The block holding this transaction was replaced by a chain reorganisation.",
+        "zh-CN": "包含该交易的区块因链重组被替换。",
+    },
+    "reversed_by_reorg": {
+        "en": "A deep chain reorganisation removed this credited deposit; the credit was reversed.",
+        "zh-CN": "深度链重组移除了这笔已入账的充值，入账金额已冲正。",
+    },
+    "held_for_review": {
+        "en": "Held for review: {rule}.",
+        "zh-CN": "已暂扣待审核：{rule}。",
+    },
+    "approved_by_reviewer": {
+        "en": "Approved after review and credited.",
+        "zh-CN": "审核通过，已入账。",
+    },
+    "rejected_by_reviewer": {
+        "en": "Rejected after review; not credited.",
+        "zh-CN": "审核未通过，不予入账。",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A hint to render later: a catalog code and its parameters (JSON-safe values)."""
+
+    code: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in _CATALOG:
+            raise KeyError(f"no message {self.code!r} in the catalog")
+
+    def render(self, language: str = "en") -> str:
+        return render(self.code, self.params, language)
+
+
+def render(code: str, params: Mapping[str, Any], language: str = "en") -> str:
+    """Render a stored hint in ``language`` (falls back to English)."""
+    templates = _CATALOG.get(code)
+    if templates is None:
+        return code
+    template = templates.get(language) or templates[LANGUAGES[0]]
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError):
+        return templates[LANGUAGES[0]].format_map(_Missing(params))
+
+
+class _Missing(dict[str, Any]):
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        super().__init__(params)
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def negotiate_language(accept_language: str | None) -> str:
+    """Pick English or Simplified Chinese from an ``Accept-Language`` header."""
+    if not accept_language:
+        return LANGUAGES[0]
+    best, best_q = LANGUAGES[0], -1.0
+    for part in accept_language.split(","):
+        tag, _, q_text = part.strip().partition(";q=")
+        try:
+            q = float(q_text) if q_text else 1.0
+        except ValueError:
+            continue
+        tag = tag.lower()
+        lang = "zh-CN" if tag.startswith("zh") and "hant" not in tag and "tw" not in tag else (
+            "en" if tag.startswith("en") or tag == "*" else None
+        )
+        if lang is not None and q > best_q:
+            best, best_q = lang, q
+    return best

@@ -1,0 +1,58 @@
+"""The exceptions depositd raises, one tree so callers catch at the level they care about.
+
+    DepositdError
+    ├── ConfigError                  bad configuration; the CLI prints it and exits 2
+    ├── InputError                   a caller sent something we cannot accept (an HTTP 4xx)
+    │   ├── InvalidAmount            not a positive amount the asset can represent
+    │   ├── UnknownAsset             asset code not in the configuration
+    │   ├── UnknownOwner             no such user or deposit address for this merchant
+    │   └── ObservationConflict      an observation contradicts what we recorded for that deposit
+    ├── NotFound                     the resource does not exist for this merchant
+    ├── Conflict                     the resource exists and the request clashes with it
+    └── IllegalTransition            a deposit state change the state machine forbids (a bug)
+"""
+
+from __future__ import annotations
+
+
+class DepositdError(Exception):
+    """Base of every error depositd raises on purpose."""
+
+
+class ConfigError(DepositdError):
+    """The configuration is invalid; the message names the key."""
+
+
+class InputError(DepositdError):
+    """Something a caller sent cannot be accepted."""
+
+    #: stable problem type slug, see ``depositd.api.problems``
+    slug = "invalid-input"
+
+
+class InvalidAmount(InputError):
+    slug = "invalid-amount"
+
+
+class UnknownAsset(InputError):
+    slug = "unknown-asset"
+
+
+class UnknownOwner(InputError):
+    slug = "unknown-owner"
+
+
+class ObservationConflict(InputError):
+    slug = "observation-conflict"
+
+
+class NotFound(DepositdError):
+    """The resource does not exist, or belongs to another merchant (never say which)."""
+
+
+class Conflict(DepositdError):
+    """The request clashes with an existing resource."""
+
+
+class IllegalTransition(DepositdError):
+    """The deposit state machine forbids this change; reaching it is a bug, not bad input."""

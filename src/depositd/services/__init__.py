@@ -1,0 +1,1 @@
+"""Use cases: one async function each, every one inside one unit of work."""

@@ -1,0 +1,78 @@
+"""Merchants and their API keys: random, shown once, stored as a hash, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from depositd.clock import utcnow
+from depositd.db.engine import Database
+from depositd.db.uow import UnitOfWork
+from depositd.errors import NotFound
+from depositd.ids import new_id
+
+#: every key starts with this, so leaked keys are easy to spot by secret scanners
+KEY_PREFIX = "dpk_"
+
+
+@dataclass(frozen=True)
+class Merchant:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new API key. ``secret`` exists only here: it is never stored or shown again."""
+
+    id: str
+    merchant_id: str
+    secret: str
+
+
+def hash_key(secret: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force, and
+    # every request can be authenticated without a slow password hash.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_merchant(db: Database, name: str) -> Merchant:
+    merchant = Merchant(new_id("mer"), name)
+    async with UnitOfWork(db, write=True) as uow:
+        await uow.merchants.add(merchant.id, merchant.name, utcnow())
+        await uow.commit()
+    return merchant
+
+
+async def list_merchants(db: Database) -> list[Merchant]:
+    async with UnitOfWork(db, write=False) as uow:
+        return [Merchant(row.id, row.name) for row in await uow.merchants.list()]
+
+
+async def create_api_key(db: Database, merchant_id: str, label: str = "") -> IssuedKey:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = IssuedKey(new_id("key"), merchant_id, secret)
+    async with UnitOfWork(db, write=True) as uow:
+        if await uow.merchants.get(merchant_id) is None:
+            raise NotFound(f"no merchant {merchant_id}")
+        await uow.merchants.add_api_key(
+            key.id, merchant_id, label, secret[: len(KEY_PREFIX) + 6], hash_key(secret), utcnow()
+        )
+        await uow.commit()
+    return key
+
+
+async def revoke_api_key(db: Database, key_id: str) -> None:
+    async with UnitOfWork(db, write=True) as uow:
+        if not await uow.merchants.revoke_api_key(key_id, utcnow()):
+            raise NotFound(f"no active API key {key_id}")
+        await uow.commit()
+
+
+async def authenticate(db: Database, secret: str) -> str | None:
+    """The merchant an API key belongs to, or None for an unknown or revoked key."""
+    if not secret.startswith(KEY_PREFIX):
+        return None
+    async with UnitOfWork(db, write=False) as uow:
+        return await uow.merchants.merchant_for_key(hash_key(secret))

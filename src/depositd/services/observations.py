@@ -1,0 +1,185 @@
+"""Record what a source observed about deposits: the one way money enters the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from depositd.clock import utcnow
+from depositd.db.engine import Database
+from depositd.db.repositories import Owner
+from depositd.db.uow import UnitOfWork
+from depositd.db.transient import retry_transient
+from depositd.domain import deposits as machine
+from depositd.domain.assets import AssetBook
+from depositd.domain.deposits import ChainRef, DepositState, Observation, ToAddress, ToUser
+from depositd.domain.events import PendingEvent, deposit_event
+from depositd.domain.ledger import Entry, postings_for
+from depositd.errors import InputError, ObservationConflict, UnknownOwner
+from depositd.ids import new_id
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one observation did: the deposit after it, and the event it caused (if any)."""
+
+    deposit: DepositState | None
+    changed: bool
+    seq: int | None
+
+
+async def record_observation(
+    db: Database, assets: AssetBook, observation: Observation
+) -> Recorded:
+    """Record one observation in its own transaction."""
+    (recorded,) = await record_observations(db, assets, [observation])
+    return recorded
+
+
+async def record_observations(
+    db: Database,
+    assets: AssetBook,
+    observations: Sequence[Observation],
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[Recorded]:
+    """Record a batch (say, one block's worth) in one transaction, in order.
+
+    Idempotent: an observation that adds nothing (a duplicate, a replay, a stale confirmation
+    count) changes nothing and emits nothing. Each real change moves the deposit through the
+    state machine, bumps its ``version``, appends one event with the next global ``seq``,
+    queues one outbox row per subscribed endpoint, and — for a credit or its reversal — posts
+    ledger entries that a unique key allows only once per deposit generation.
+    """
+    for observation in observations:
+        asset = assets[observation.asset]
+        if isinstance(observation.ref, ChainRef) and observation.ref.chain != asset.chain:
+            raise InputError(
+                f"asset {asset.code} lives on {asset.chain}, not {observation.ref.chain}"
+            )
+    if not observations:
+        return []
+
+    async def attempt() -> list[Recorded]:
+        async with UnitOfWork(db, write=True) as uow:
+            recorded = await _record(uow, assets, observations, clock())
+            await uow.commit()
+            return recorded
+
+    return await retry_transient(attempt)
+
+
+@dataclass
+class _Batch:
+    """The changes one batch makes, collected before they are written."""
+
+    states: dict[str, DepositState]
+    dirty: dict[str, DepositState]
+    postings: list[tuple[str, Entry]]
+    events: list[PendingEvent]
+    #: the deposit as of each event (a batch may move one deposit several times)
+    snapshots: list[DepositState]
+
+
+async def _record(
+    uow: UnitOfWork, assets: AssetBook, observations: Sequence[Observation], now: datetime
+) -> list[Recorded]:
+    owners = await _owners(uow, observations)
+    identities = [obs.ref.key for obs in observations]
+    states = await uow.deposits.lock(identities)
+
+    # First sightings are inserted up front: a concurrent writer inserting the same identity
+    # makes ours conflict, and we then lock its committed row and treat it as known.
+    first_seen: dict[str, tuple[int, DepositState, machine.Transition]] = {}
+    for index, obs in enumerate(observations):
+        key = obs.ref.key
+        if key in states or key in first_seen:
+            continue
+        transition = machine.decide(None, obs, assets[obs.asset])
+        if transition is not None:
+            owner = owners[index]
+            deposit = machine.first_sight(new_id("dep"), obs, owner.merchant_id, owner.user_id,
+                                          owner.external_id, transition, now)
+            first_seen[key] = (index, deposit, transition)
+    inserted = await uow.deposits.insert_new(
+        [deposit for _, deposit, _ in sorted(first_seen.values(), key=lambda f: f[1].ref.key)]
+    )
+    if raced := set(first_seen) - inserted:
+        states.update(await uow.deposits.lock(raced))
+
+    batch = _Batch(states=states, dirty={}, postings=[], events=[], snapshots=[])
+    changed_at: list[int | None] = []
+    for index, obs in enumerate(observations):
+        key = obs.ref.key
+        first = first_seen.get(key)
+        if first is not None and key in inserted and first[0] == index:
+            _, deposit, transition = first
+            batch.states[key] = deposit
+            changed_at.append(_note(batch, deposit, transition, assets))
+            continue
+        current = batch.states.get(key)
+        if current is not None and current.user_id != owners[index].user_id:
+            raise ObservationConflict(f"deposit {current.id} belongs to another user")
+        transition = machine.decide(current, obs, assets[obs.asset])
+        if transition is None or current is None:
+            # current is None only for observations that change nothing on an unseen deposit
+            changed_at.append(None)
+            continue
+        deposit = machine.apply(current, transition, now)
+        batch.states[key] = batch.dirty[key] = deposit
+        changed_at.append(_note(batch, deposit, transition, assets))
+
+    await uow.deposits.update(list(batch.dirty.values()))
+    await uow.accounts.post(batch.postings, now)
+    seqs = await uow.events.append(batch.events, now)
+    return [
+        Recorded(
+            deposit=batch.states.get(obs.ref.key) if event_index is None
+            else batch.snapshots[event_index],
+            changed=event_index is not None,
+            seq=None if event_index is None else seqs[event_index],
+        )
+        for obs, event_index in zip(observations, changed_at, strict=True)
+    ]
+
+
+def _note(
+    batch: _Batch, deposit: DepositState, transition: machine.Transition, assets: AssetBook
+) -> int:
+    """Queue the event and postings of one transition; returns the event's index."""
+    if transition.posting is not None:
+        batch.postings.extend((deposit.id, e) for e in postings_for(deposit, transition.posting))
+    batch.events.append(deposit_event(new_id("evt"), deposit, assets[deposit.asset]))
+    batch.snapshots.append(deposit)
+    return len(batch.events) - 1
+
+
+async def _owners(uow: UnitOfWork, observations: Sequence[Observation]) -> list[Owner]:
+    """The owning user of each observation, looked up in one query per kind."""
+    by_user: dict[str, set[str]] = {}
+    by_address: set[tuple[str, str]] = set()
+    for obs in observations:
+        if isinstance(obs.owner, ToUser):
+            by_user.setdefault(obs.owner.merchant_id, set()).add(obs.owner.external_id)
+        else:
+            by_address.add((obs.owner.chain, obs.owner.address.lower()))
+    user_owners: dict[tuple[str, str], Owner] = {}
+    for merchant_id, external_ids in by_user.items():
+        found = await uow.users.owners_by_external_id(merchant_id, external_ids)
+        user_owners.update({(merchant_id, ext): owner for ext, owner in found.items()})
+    address_owners = await uow.users.owners_by_address(by_address) if by_address else {}
+    owners = []
+    for obs in observations:
+        owner: Owner | None
+        if isinstance(obs.owner, ToUser):
+            owner = user_owners.get((obs.owner.merchant_id, obs.owner.external_id))
+            what = f"user {obs.owner.external_id!r}"
+        else:
+            assert isinstance(obs.owner, ToAddress)
+            owner = address_owners.get((obs.owner.chain, obs.owner.address.lower()))
+            what = f"address {obs.owner.address} on {obs.owner.chain}"
+        if owner is None:
+            raise UnknownOwner(f"no {what}")
+        owners.append(owner)
+    return owners
