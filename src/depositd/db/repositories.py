@@ -158,7 +158,7 @@ def _deposit_from_row(row: Row[Any]) -> DepositState:
     if row.chain is not None:
         ref = ChainRef(row.chain, row.tx_hash, row.log_index)
     else:
-        ref = ProviderRef(row.provider, row.provider_deposit_id)
+        ref = ProviderRef(row.merchant_id, row.provider, row.provider_deposit_id)
     return DepositState(
         id=row.id,
         ref=ref,

@@ -135,7 +135,7 @@ deposits = Table(
     "deposits",
     metadata,
     Column("id", String(40), primary_key=True),
-    #: ``chain:<chain>:<tx>:<log index>`` or ``provider:<provider>:<id>``: one deposit, ever
+    #: ``chain:<chain>:<tx>:<log index>`` or ``provider:<merchant>:<provider>:<id>``
     Column("identity", String(300), nullable=False, unique=True),
     Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
     Column("user_id", ForeignKey("users.id"), nullable=False, index=True),

@@ -115,14 +115,18 @@ class ChainRef:
 
 @dataclass(frozen=True)
 class ProviderRef:
-    """Identity of a deposit an upstream provider (or the merchant's own system) reports."""
+    """Identity of a deposit an upstream provider (or the merchant's own system) reports.
 
+    Scoped by merchant: one merchant's provider ids can never collide with another's.
+    """
+
+    merchant_id: str
     provider: str
     deposit_id: str
 
     @property
     def key(self) -> str:
-        return f"provider:{self.provider}:{self.deposit_id}"
+        return f"provider:{self.merchant_id}:{self.provider}:{self.deposit_id}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""Request dependencies: the application context, the calling merchant, the reader's language."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+
+from depositd.api.problems import unauthorized
+from depositd.db.engine import Database
+from depositd.domain.assets import AssetBook
+from depositd.domain.messages import LANGUAGES, negotiate_language
+from depositd.services.merchants import authenticate
+
+
+@dataclass(frozen=True)
+class AppContext:
+    db: Database
+    assets: AssetBook
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+Context = Annotated[AppContext, Depends(context)]
+
+
+async def merchant(
+    ctx: Context, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The merchant whose API key authorises this request."""
+    if authorization is None:
+        raise unauthorized("send 'Authorization: Bearer <api key>'")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise unauthorized("send 'Authorization: Bearer <api key>'")
+    merchant_id = await authenticate(ctx.db, secret.strip())
+    if merchant_id is None:
+        raise unauthorized("the API key is unknown or revoked")
+    return merchant_id
+
+
+MerchantId = Annotated[str, Depends(merchant)]
+
+
+def language(
+    accept_language: Annotated[str | None, Header()] = None,
+    lang: Annotated[str | None, Query(description=f"one of {', '.join(LANGUAGES)}")] = None,
+) -> str:
+    """Language for hints: ``?lang=`` wins over ``Accept-Language``."""
+    if lang is not None:
+        return negotiate_language(lang)
+    return negotiate_language(accept_language)
+
+
+Language = Annotated[str, Depends(language)]

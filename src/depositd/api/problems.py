@@ -1,0 +1,102 @@
+"""RFC 9457 problem+json errors with stable ``type`` URIs, and the handlers that emit them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from depositd.errors import Conflict, IllegalTransition, InputError, NotFound
+
+PROBLEM_BASE = "urn:depositd:problem:"
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error answer: raise it from a router, or let a domain error map to one."""
+
+    def __init__(
+        self, status: int, slug: str, title: str, detail: str | None = None,
+        headers: dict[str, str] | None = None, **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status, self.slug, self.title, self.detail = status, slug, title, detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self, request: Request) -> JSONResponse:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "instance": request.url.path,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        body.update(self.extra)
+        return JSONResponse(body, status_code=self.status, headers=self.headers,
+                            media_type=MEDIA_TYPE)
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", "Missing or invalid API key", detail,
+                   headers={"WWW-Authenticate": "Bearer"})
+
+
+def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return Problem(400, "malformed-json", "The request body is not valid JSON").response(
+            request)
+    fields = [
+        {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in errors
+    ]
+    first = fields[0]
+    return Problem(
+        422, "validation-error", "The request does not match the schema",
+        f"{first['field']}: {first['message']}", errors=fields,
+    ).response(request)
+
+
+def _input(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)
+    return Problem(422, exc.slug, "The request cannot be accepted", str(exc)).response(request)
+
+
+def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return Problem(404, "not-found", "Not found", str(exc)).response(request)
+
+
+def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return Problem(409, "conflict", "Conflict", str(exc)).response(request)
+
+
+def _illegal(request: Request, exc: Exception) -> JSONResponse:
+    return Problem(500, "internal-error", "Internal error").response(request)
+
+
+def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slugs = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+    slug = slugs.get(exc.status_code, f"http-{exc.status_code}")
+    return Problem(exc.status_code, slug, str(exc.detail)).response(request)
+
+
+def _problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return exc.response(request)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(InputError, _input)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(IllegalTransition, _illegal)
+    app.add_exception_handler(StarletteHTTPException, _http)

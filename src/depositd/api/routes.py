@@ -1,0 +1,179 @@
+"""The /v1 routes. Each one parses, calls one service, and shapes the answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from depositd.api.deps import Context, Language, MerchantId
+from depositd.api.schemas import (
+    EXTERNAL_ID,
+    BalancesOut,
+    DepositDetail,
+    DepositOut,
+    DepositPage,
+    EventOut,
+    EventPage,
+    ObservationIn,
+    ObservationOut,
+    TransactionOut,
+    TransactionPage,
+    Transition,
+    UserIn,
+    UserOut,
+    format_balance,
+)
+from depositd.db.repositories import DepositFilter
+from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
+from depositd.domain.money import format_amount, parse_amount
+from depositd.errors import NotFound
+from depositd.services import queries, users
+from depositd.services.observations import record_observation
+
+router = APIRouter(prefix="/v1")
+
+ExternalId = Annotated[str, Path(pattern=EXTERNAL_ID, description="your id for the user")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of a page")]
+
+
+@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED,
+             tags=["users"], summary="Create a user (200 with the user if it exists)")
+async def create_user(body: UserIn, merchant_id: MerchantId, ctx: Context,
+                      response: Response) -> UserOut:
+    user, created = await users.ensure_user(ctx.db, merchant_id, body.external_id)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return UserOut.of(user)
+
+
+@router.get("/users/{external_id}", response_model=UserOut, tags=["users"])
+async def get_user(external_id: ExternalId, merchant_id: MerchantId, ctx: Context) -> UserOut:
+    return UserOut.of(await users.get_user(ctx.db, merchant_id, external_id))
+
+
+@router.get("/users/{external_id}/balances", response_model=BalancesOut, tags=["balances"],
+            summary="A user's available and locked balance per asset")
+async def get_balances(external_id: ExternalId, merchant_id: MerchantId,
+                       ctx: Context) -> BalancesOut:
+    user = await users.get_user(ctx.db, merchant_id, external_id)
+    balances = await queries.user_balances(ctx.db, merchant_id, external_id)
+    return BalancesOut(
+        user=UserOut.of(user),
+        balances=[format_balance(ctx.assets[b.asset], b.available, b.locked) for b in balances],
+    )
+
+
+@router.get("/deposits", response_model=DepositPage, tags=["deposits"],
+            summary="Deposits, newest first")
+async def list_deposits(
+    merchant_id: MerchantId,
+    ctx: Context,
+    language: Language,
+    status_: Annotated[DepositStatus | None, Query(alias="status")] = None,
+    user: Annotated[str | None, Query(pattern=EXTERNAL_ID, description="external_id")] = None,
+    asset: Annotated[str | None, Query(max_length=40)] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> DepositPage:
+    user_id = None
+    if user is not None:
+        try:
+            user_id = (await users.get_user(ctx.db, merchant_id, user)).id
+        except NotFound:
+            return DepositPage(data=[], next_cursor=None)
+    if asset is not None:
+        ctx.assets[asset]  # an unknown asset is a 422, not an empty list
+    where = DepositFilter(
+        merchant_id=merchant_id, status=status_.value if status_ else None, user_id=user_id,
+        asset=asset, created_from=created_from, created_to=created_to,
+    )
+    page = await queries.list_deposits(ctx.db, where, cursor, limit)
+    return DepositPage(
+        data=[DepositOut.of(d, ctx.assets[d.asset], language) for d in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/deposits/{deposit_id}", response_model=DepositDetail, tags=["deposits"],
+            summary="A deposit with its transition history and hint")
+async def get_deposit(
+    deposit_id: Annotated[str, Path(max_length=40)], merchant_id: MerchantId, ctx: Context,
+    language: Language,
+) -> DepositDetail:
+    found = await queries.get_deposit(ctx.db, merchant_id, deposit_id)
+    deposit = DepositOut.of(found.deposit, ctx.assets[found.deposit.asset], language)
+    return DepositDetail(
+        **deposit.model_dump(),
+        transitions=[Transition.of(t, language) for t in found.transitions],
+    )
+
+
+@router.post("/observations", response_model=ObservationOut, tags=["deposits"],
+             summary="Report a deposit your own payment system saw")
+async def post_observation(body: ObservationIn, merchant_id: MerchantId, ctx: Context,
+                           language: Language) -> ObservationOut:
+    asset = ctx.assets[body.asset]
+    observation = Observation(
+        ref=ProviderRef(merchant_id, body.provider, body.provider_deposit_id),
+        owner=ToUser(merchant_id, body.user),
+        asset=asset.code,
+        amount=parse_amount(body.amount, asset.decimals),
+        provider_status=body.status,
+        confirmations=body.confirmations,
+    )
+    recorded = await record_observation(ctx.db, ctx.assets, observation)
+    assert recorded.deposit is not None or not recorded.changed
+    return ObservationOut(
+        deposit=None if recorded.deposit is None
+        else DepositOut.of(recorded.deposit, asset, language),
+        changed=recorded.changed,
+        seq=recorded.seq,
+    )
+
+
+@router.get("/transactions", response_model=TransactionPage, tags=["balances"],
+            summary="Ledger records of your users, newest first")
+async def list_transactions(
+    merchant_id: MerchantId,
+    ctx: Context,
+    user: Annotated[str | None, Query(pattern=EXTERNAL_ID, description="external_id")] = None,
+    asset: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> TransactionPage:
+    if asset is not None:
+        ctx.assets[asset]
+    page = await queries.transaction_records(ctx.db, merchant_id, user, asset, cursor, limit)
+    out = []
+    for record in page.items:
+        decimals = ctx.assets[record.asset].decimals
+        out.append(
+            TransactionOut(
+                id=record.id, user={"id": record.user_id, "external_id": record.external_id},
+                asset=record.asset, side=record.side, kind=record.kind,
+                amount=format_amount(record.amount, decimals),
+                amount_base_units=str(record.amount), deposit_id=record.deposit_id,
+                created_at=record.created_at,
+            )
+        )
+    return TransactionPage(data=out, next_cursor=page.next_cursor)
+
+
+@router.get("/events", response_model=EventPage, tags=["events"],
+            summary="Your events in seq order, after a cursor")
+async def list_events(
+    merchant_id: MerchantId,
+    ctx: Context,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Limit = 100,
+) -> EventPage:
+    events = await queries.events_after(ctx.db, merchant_id, after, limit)
+    return EventPage(
+        data=[EventOut(**event.envelope()) for event in events],
+        next_after=events[-1].seq if events else after,
+    )

@@ -1,0 +1,178 @@
+"""The JSON shapes the API accepts and returns (and documents in OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from depositd.domain.assets import Asset
+from depositd.domain.deposits import DepositState, ProviderStatus
+from depositd.domain.messages import render
+from depositd.domain.money import format_amount
+from depositd.services.users import User
+
+EXTERNAL_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserIn(_In):
+    external_id: StrictStr = Field(pattern=EXTERNAL_ID, description="your id for this user")
+
+
+class UserOut(BaseModel):
+    id: str
+    external_id: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(id=user.id, external_id=user.external_id, created_at=user.created_at)
+
+
+class ObservationIn(_In):
+    """A deposit your own payment system saw (a provider you integrate yourself)."""
+
+    provider: StrictStr = Field(pattern=r"^[a-z0-9_-]{1,40}$")
+    provider_deposit_id: StrictStr = Field(min_length=1, max_length=200)
+    user: StrictStr = Field(pattern=EXTERNAL_ID, description="the user's external_id")
+    asset: StrictStr = Field(min_length=1, max_length=40)
+    amount: StrictStr = Field(description="decimal string in whole units, e.g. '12.5'",
+                              max_length=100)
+    status: ProviderStatus
+    confirmations: int | None = Field(None, ge=0, le=1_000_000, strict=True)
+
+
+class Reason(BaseModel):
+    code: str
+    params: dict[str, Any]
+    hint: str
+
+
+class DepositOut(BaseModel):
+    id: str
+    user: dict[str, str]
+    asset: str
+    amount: str
+    amount_base_units: str
+    status: str
+    confirmations: int
+    required_confirmations: int
+    tx_hash: str | None
+    block_number: int | None
+    version: int
+    reason: Reason
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, deposit: DepositState, asset: Asset, language: str) -> DepositOut:
+        return cls(
+            id=deposit.id,
+            user={"id": deposit.user_id, "external_id": deposit.user_external_id},
+            asset=deposit.asset,
+            amount=format_amount(deposit.amount, asset.decimals),
+            amount_base_units=str(deposit.amount),
+            status=deposit.status.value,
+            confirmations=deposit.confirmations,
+            required_confirmations=deposit.required_confirmations,
+            tx_hash=deposit.tx_hash,
+            block_number=deposit.block_number,
+            version=deposit.version,
+            reason=Reason(code=deposit.reason.code, params=dict(deposit.reason.params),
+                          hint=deposit.reason.render(language)),
+            created_at=deposit.created_at,
+            updated_at=deposit.updated_at,
+        )
+
+
+class Transition(BaseModel):
+    seq: int
+    version: int
+    status: str
+    confirmations: int
+    reason: Reason
+    at: datetime
+
+    @classmethod
+    def of(cls, data: dict[str, Any], language: str) -> Transition:
+        reason = data["reason"]
+        return cls(
+            seq=data["seq"], version=data["version"], status=data["status"],
+            confirmations=data["confirmations"], at=data["at"],
+            reason=Reason(code=reason["code"], params=reason["params"],
+                          hint=render(reason["code"], reason["params"], language)),
+        )
+
+
+class DepositDetail(DepositOut):
+    transitions: list[Transition]
+
+
+class DepositPage(BaseModel):
+    data: list[DepositOut]
+    next_cursor: str | None
+
+
+class ObservationOut(BaseModel):
+    deposit: DepositOut | None
+    changed: bool
+    seq: int | None
+
+
+class BalanceOut(BaseModel):
+    asset: str
+    available: str
+    available_base_units: str
+    locked: str
+    locked_base_units: str
+
+
+class BalancesOut(BaseModel):
+    user: UserOut
+    balances: list[BalanceOut]
+
+
+class TransactionOut(BaseModel):
+    id: int
+    user: dict[str, str]
+    asset: str
+    side: str
+    kind: str
+    amount: str
+    amount_base_units: str
+    deposit_id: str
+    created_at: datetime
+
+
+class TransactionPage(BaseModel):
+    data: list[TransactionOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    seq: int
+    type: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    data: list[EventOut]
+    #: pass as ``after`` to continue; equals the request's ``after`` when nothing is new
+    next_after: int
+
+
+def format_balance(asset: Asset, available: int, locked: int) -> BalanceOut:
+    return BalanceOut(
+        asset=asset.code,
+        available=format_amount(available, asset.decimals),
+        available_base_units=str(available),
+        locked=format_amount(locked, asset.decimals),
+        locked_base_units=str(locked),
+    )
