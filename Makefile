@@ -1,0 +1,39 @@
+# depositd developer commands. `make dev` runs it, `make test` proves it.
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: dev test check lint fmt install postgres bench
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run depositd on embedded defaults (SQLite under ./var/, demo merchant, example requests)
+dev: install
+	$(BIN)/depositd dev
+
+## install what is missing, start PostgreSQL if needed, lint, type-check, run every test
+test: install postgres lint
+	$(BIN)/pytest
+
+## lint, type-check and test (PostgreSQL must be running)
+check: lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+fmt: install
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+postgres:
+	@scripts/ensure-postgres

@@ -1,0 +1,153 @@
+"""Fixtures shared by every suite: a migrated database on each engine, apps, merchants."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from depositd.app import create_app
+from depositd.config import Config, load_config
+from depositd.db.engine import Database
+from depositd.db.migrate import upgrade
+from depositd.db.tables import metadata
+from depositd.domain.assets import AssetBook
+from depositd.services import merchants
+
+#: every integration test runs once per engine; the test id ends in [sqlite] or [postgresql]
+ENGINES = ("sqlite", "postgresql")
+PG_ADMIN_URL = os.environ.get("DEPOSITD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many integration tests ran on each engine, so a missing one shows."""
+    tally: Counter[tuple[str, str]] = Counter()
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if getattr(report, "when", "call") not in ("call", "setup"):
+                continue
+            if outcome == "passed" and getattr(report, "when", "call") != "call":
+                continue
+            for engine in ENGINES:
+                if f"[{engine}" in nodeid or f"-{engine}]" in nodeid or f"-{engine}-" in nodeid:
+                    tally[(engine, outcome)] += 1
+    if tally:
+        terminalreporter.section("integration tests per database engine")
+        for engine in ENGINES:
+            parts = [f"{tally[(engine, o)]} {o}" for o in ("passed", "failed", "error", "skipped")
+                     if tally[(engine, o)]]
+            terminalreporter.write_line(f"{engine:>10}: {', '.join(parts) or 'none ran'}")
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return load_config(environ={})
+
+
+@pytest.fixture(scope="session")
+def assets(config: Config) -> AssetBook:
+    return config.asset_book()
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    admin = make_url(PG_ADMIN_URL)
+    name = f"depositd_test_{uuid.uuid4().hex[:12]}"
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    await upgrade(db)
+    await db.dispose()
+    yield url
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def reset(db: Database) -> None:
+    """Empty every table (keeping the schema) and restart the event cursor."""
+    async with db.writer.begin() as conn:
+        if db.is_sqlite:
+            for table in reversed(metadata.sorted_tables):
+                await conn.execute(table.delete())
+        else:
+            names = ", ".join(t.name for t in metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+        await conn.execute(text("INSERT INTO event_counter (id, last_seq) VALUES (1, 0)"))
+
+
+@pytest.fixture(params=ENGINES)
+async def db(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated, empty database on each engine."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path}/depositd.db")
+        await upgrade(database)
+    else:
+        database = Database(pg_url, pool_size=25)
+        await reset(database)
+    yield database
+    await database.dispose()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    merchant_id: str
+    key: str
+    client: httpx.AsyncClient
+
+
+@pytest.fixture
+async def app_client(db: Database, config: Config) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(config, db)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://depositd.test") as client:
+        yield client
+
+
+async def _tenant(db: Database, client: httpx.AsyncClient, name: str) -> Tenant:
+    merchant = await merchants.create_merchant(db, name)
+    key = await merchants.create_api_key(db, merchant.id, "tests")
+    authed = httpx.AsyncClient(
+        transport=client._transport, base_url=client.base_url,
+        headers={"Authorization": f"Bearer {key.secret}"},
+    )
+    return Tenant(merchant.id, key.secret, authed)
+
+
+@pytest.fixture
+async def tenant(db: Database, app_client: httpx.AsyncClient) -> AsyncIterator[Tenant]:
+    """A merchant with an API key, and a client that sends it."""
+    found = await _tenant(db, app_client, "acme")
+    async with found.client:
+        yield found
+
+
+@pytest.fixture
+async def other_tenant(db: Database, app_client: httpx.AsyncClient) -> AsyncIterator[Tenant]:
+    found = await _tenant(db, app_client, "rival")
+    async with found.client:
+        yield found

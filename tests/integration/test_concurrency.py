@@ -1,0 +1,57 @@
+"""Many writers recording the same deposit at once still credit it exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from depositd.db.engine import Database
+from depositd.domain.assets import AssetBook
+from depositd.services import queries
+from depositd.services.observations import record_observation
+
+from .helpers import ETH, eth_transfer, merchant_with_user
+
+WRITERS = 20
+
+
+async def test_twenty_concurrent_writers_credit_once(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    observation = eth_transfer(address, 42, 12, amount=2 * ETH)
+    start = asyncio.Event()
+
+    async def writer() -> bool:
+        await start.wait()
+        return (await record_observation(db, assets, observation)).changed
+
+    tasks = [asyncio.create_task(writer()) for _ in range(WRITERS)]
+    await asyncio.sleep(0.05)
+    start.set()
+    changed = await asyncio.gather(*tasks)
+
+    assert sum(changed) == 1
+    events = await queries.events_after(db, merchant_id, 0, 100)
+    assert [e.type for e in events] == ["deposit.credited"]
+    records = await queries.transaction_records(db, merchant_id, "alice", None, None, 100)
+    assert [(r.kind, r.amount) for r in records.items] == [("credit", 2 * ETH)]
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 2 * ETH
+    assert (await queries.audit_ledger(db)).ok
+
+
+async def test_concurrent_writers_of_different_deposits_keep_seq_gap_free(
+    db: Database, assets: AssetBook
+) -> None:
+    merchant_id, address = await merchant_with_user(db)
+
+    async def writer(tx: int) -> None:
+        for confirmations in (0, 1, 3):
+            await record_observation(db, assets, eth_transfer(address, tx, confirmations))
+
+    await asyncio.gather(*(writer(tx) for tx in range(WRITERS)))
+    events = await queries.events_after(db, merchant_id, 0, 1000)
+    assert [e.seq for e in events] == list(range(1, 3 * WRITERS + 1))
+    versions: dict[str, list[int]] = {}
+    for event in events:
+        versions.setdefault(event.data["id"], []).append(event.data["version"])
+    assert all(v == [1, 2, 3] for v in versions.values())
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == WRITERS * ETH
+    assert (await queries.audit_ledger(db)).ok

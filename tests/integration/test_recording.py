@@ -1,0 +1,145 @@
+"""Recording observations: credits, reversals, batches, events and the outbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from depositd.clock import utcnow
+from depositd.db.engine import Database
+from depositd.db.tables import endpoints
+from depositd.db.uow import UnitOfWork
+from depositd.domain.assets import AssetBook
+from depositd.domain.deposits import DepositStatus
+from depositd.errors import UnknownOwner
+from depositd.ids import new_id
+from depositd.services import queries
+from depositd.services.observations import record_observation, record_observations
+
+from .helpers import ETH, eth_transfer, merchant_with_user
+
+
+async def test_confirmations_then_credit_once(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    seen = []
+    for confirmations in (0, 1, 2, 2, 1, 3, 3, 7):
+        recorded = await record_observation(db, assets, eth_transfer(address, 1, confirmations))
+        assert recorded.deposit is not None
+        seen.append((recorded.deposit.status.value, recorded.changed))
+    assert seen == [
+        ("pending", True), ("confirming", True), ("confirming", True), ("confirming", False),
+        ("confirming", False), ("credited", True), ("credited", False), ("credited", False),
+    ]
+    balances = await queries.user_balances(db, merchant_id, "alice")
+    assert [(b.asset, b.available, b.locked) for b in balances] == [("ETH", ETH, 0)]
+    events = await queries.events_after(db, merchant_id, 0, 100)
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert [e.type for e in events] == ["deposit.pending", "deposit.confirming",
+                                        "deposit.confirming", "deposit.credited"]
+    assert [e.data["version"] for e in events] == [1, 2, 3, 4]
+
+
+async def test_reversal_posts_a_compensating_entry(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    await record_observation(db, assets, eth_transfer(address, 7, 5, amount=3 * ETH))
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 3 * ETH
+
+    reversed_ = await record_observation(
+        db, assets, eth_transfer(address, 7, 0, amount=3 * ETH, removed=True)
+    )
+    assert reversed_.deposit is not None
+    assert reversed_.deposit.status is DepositStatus.REVERSED
+    assert reversed_.deposit.reason.render("en") == (
+        "A deep chain reorganisation removed this credited deposit; the credit was reversed."
+    )
+
+    balances = await queries.user_balances(db, merchant_id, "alice")
+    assert [(b.asset, b.available, b.locked) for b in balances] == [("ETH", 0, 0)]
+    records = await queries.transaction_records(db, merchant_id, "alice", None, None, 10)
+    assert [(r.kind, r.amount, r.side) for r in records.items] == [
+        ("reversal", -3 * ETH, "available"),
+        ("credit", 3 * ETH, "available"),
+    ]
+    events = await queries.events_after(db, merchant_id, 0, 10)
+    assert [e.type for e in events] == ["deposit.credited", "deposit.reversed"]
+    audit = await queries.audit_ledger(db)
+    assert audit.ok, audit
+
+    # the same removal again, and a replay of the removed block, change nothing
+    again = await record_observation(
+        db, assets, eth_transfer(address, 7, 0, amount=3 * ETH, removed=True)
+    )
+    replay = await record_observation(db, assets, eth_transfer(address, 7, 9, amount=3 * ETH))
+    assert (again.changed, replay.changed) == (False, False)
+
+    # mined again in another block: credited again, once
+    back = await record_observation(
+        db, assets, eth_transfer(address, 7, 4, amount=3 * ETH, block="0xb2")
+    )
+    assert back.deposit is not None and back.deposit.status is DepositStatus.CREDITED
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 3 * ETH
+    assert (await queries.audit_ledger(db)).ok
+
+
+async def test_a_block_in_one_batch(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    block = [eth_transfer(address, tx, 3, log_index=tx % 4) for tx in range(200)]
+    block.append(eth_transfer(address, 5, 3, log_index=1))  # a duplicate within the batch
+    recorded = await record_observations(db, assets, block)
+    assert sum(r.changed for r in recorded) == 200
+    assert [r.seq for r in recorded if r.changed] == list(range(1, 201))
+    balances = await queries.user_balances(db, merchant_id, "alice")
+    assert balances[0].available == 200 * ETH
+    # a replay of the whole block is a no-op
+    assert not any(r.changed for r in await record_observations(db, assets, block))
+    assert (await queries.audit_ledger(db)).ok
+
+
+async def test_below_minimum_is_rejected_with_a_hint(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    recorded = await record_observation(
+        db, assets, eth_transfer(address, 9, 50, amount=ETH // 10_000)
+    )
+    assert recorded.deposit is not None
+    assert recorded.deposit.status is DepositStatus.REJECTED
+    assert recorded.deposit.reason.render("en") == (
+        "Sent below the 0.001 ETH minimum; not credited."
+    )
+    assert recorded.deposit.reason.render("zh-CN") == "金额低于最低充值额 0.001 ETH，不予入账。"
+    assert await queries.user_balances(db, merchant_id, "alice") == []
+
+
+async def test_outbox_rows_follow_subscriptions(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    everything, credits_only, disabled = new_id("end"), new_id("end"), new_id("end")
+    async with UnitOfWork(db, write=True) as uow:
+        now = utcnow()
+        await uow.endpoints.add(everything, merchant_id, "https://a.example/hook", ["*"], now)
+        await uow.endpoints.add(credits_only, merchant_id, "https://b.example/hook",
+                                ["deposit.credited", "deposit.reversed"], now)
+        await uow.endpoints.add(disabled, merchant_id, "https://c.example/hook", ["*"], now)
+        await uow.commit()
+    async with db.writer.begin() as conn:
+        await conn.execute(
+            endpoints.update().where(endpoints.c.id == disabled).values(disabled_at=utcnow())
+        )
+
+    for confirmations in (0, 2, 3):
+        await record_observation(db, assets, eth_transfer(address, 1, confirmations))
+    async with UnitOfWork(db, write=False) as uow:
+        assert await uow.endpoints.deliveries_for(everything) == [
+            (1, "deposit.pending"), (2, "deposit.confirming"), (3, "deposit.credited")
+        ]
+        assert await uow.endpoints.deliveries_for(credits_only) == [(3, "deposit.credited")]
+        assert await uow.endpoints.deliveries_for(disabled) == []
+
+
+async def test_failed_batch_leaves_nothing_behind(db: Database, assets: AssetBook) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    good = eth_transfer(address, 1, 3)
+    unknown = eth_transfer("0x" + "ee" * 20, 2, 3)
+    with pytest.raises(UnknownOwner, match="no address"):
+        await record_observations(db, assets, [good, unknown])
+    assert await queries.events_after(db, merchant_id, 0, 10) == []
+    assert await queries.user_balances(db, merchant_id, "alice") == []
+    # and the cursor did not move: the next event is still seq 1
+    assert (await record_observation(db, assets, good)).seq == 1
