@@ -32,3 +32,5 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # alembic narrates every schema check at INFO; its warnings still show
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
