@@ -40,6 +40,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for outcome in ("passed", "failed", "error", "skipped", "xfailed"):
         for report in terminalreporter.stats.get(outcome, []):
             nodeid = getattr(report, "nodeid", "")
+            if "integration/" not in nodeid:
+                continue
             if getattr(report, "when", "call") not in ("call", "setup"):
                 continue
             if outcome == "passed" and getattr(report, "when", "call") != "call":
@@ -50,8 +52,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if tally:
         terminalreporter.section("integration tests per database engine")
         for engine in ENGINES:
-            parts = [f"{tally[(engine, o)]} {o}" for o in ("passed", "failed", "error", "skipped")
-                     if tally[(engine, o)]]
+            parts = [
+                f"{tally[(engine, o)]} {o}"
+                for o in ("passed", "failed", "error", "skipped")
+                if tally[(engine, o)]
+            ]
             terminalreporter.write_line(f"{engine:>10}: {', '.join(parts) or 'none ran'}")
 
 
@@ -101,7 +106,9 @@ async def reset(db: Database) -> None:
 
 
 @pytest.fixture(params=ENGINES)
-async def db(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+async def db(
+    request: pytest.FixtureRequest, pg_url: str, tmp_path: Path
+) -> AsyncIterator[Database]:
     """A migrated, empty database on each engine."""
     if request.param == "sqlite":
         database = Database(f"sqlite:///{tmp_path}/depositd.db")
@@ -132,7 +139,8 @@ async def _tenant(db: Database, client: httpx.AsyncClient, name: str) -> Tenant:
     merchant = await merchants.create_merchant(db, name)
     key = await merchants.create_api_key(db, merchant.id, "tests")
     authed = httpx.AsyncClient(
-        transport=client._transport, base_url=client.base_url,
+        transport=client._transport,
+        base_url=client.base_url,
         headers={"Authorization": f"Bearer {key.secret}"},
     )
     return Tenant(merchant.id, key.secret, authed)

@@ -28,30 +28,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted crypto deposit service: credit every deposit exactly once.",
     )
     parser.add_argument(
-        "--config", type=Path, metavar="PATH",
+        "--config",
+        type=Path,
+        metavar="PATH",
         help="TOML config file (default: $DEPOSITD_CONFIG, else the embedded defaults:"
-             " SQLite under ./var/)",
+        " SQLite under ./var/)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP API",
-        description="Serve the HTTP API. The schema must be current: run 'depositd migrate'"
-                    " first.",
+        "serve",
+        help="run the HTTP API",
+        description="Serve the HTTP API. The schema must be current: run 'depositd migrate' first.",
     )
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
 
     commands.add_parser(
-        "migrate", help="create or upgrade the database schema",
+        "migrate",
+        help="create or upgrade the database schema",
         description="Apply every pending migration in one transaction (safe to repeat).",
     )
 
     dev = commands.add_parser(
-        "dev", help="migrate, create a demo merchant and API key, print examples, serve",
+        "dev",
+        help="migrate, create a demo merchant and API key, print examples, serve",
         description="Everything on embedded defaults for trying depositd out: migrates the"
-                    " database, ensures a merchant named 'demo', issues it a fresh API key,"
-                    " prints example requests and serves the API.",
+        " database, ensures a merchant named 'demo', issues it a fresh API key,"
+        " prints example requests and serves the API.",
     )
     dev.add_argument("--host", help="listen address (default: server.host)")
     dev.add_argument("--port", type=int, help="listen port (default: server.port)")
@@ -59,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     merchant_cmd = commands.add_parser("merchants", help="create and list merchants")
     merchant_verbs = merchant_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
     create = merchant_verbs.add_parser(
-        "create", help="create a merchant and print its id",
+        "create",
+        help="create a merchant and print its id",
         description="Create a merchant (a platform whose users deposit). Prints its id; then"
-                    " issue it a key with 'depositd api-keys create --merchant ID'.",
+        " issue it a key with 'depositd api-keys create --merchant ID'.",
     )
     create.add_argument("name", help="display name")
     merchant_verbs.add_parser("list", help="list merchants (id and name)")
@@ -69,14 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     key_cmd = commands.add_parser("api-keys", help="issue and revoke merchant API keys")
     key_verbs = key_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
     issue = key_verbs.add_parser(
-        "create", help="issue an API key (shown once)",
+        "create",
+        help="issue an API key (shown once)",
         description="Issue a new API key for a merchant. The key is printed once and stored"
-                    " only as a hash: copy it now.",
+        " only as a hash: copy it now.",
     )
     issue.add_argument("--merchant", required=True, metavar="ID", help="merchant id")
     issue.add_argument("--label", default="", help="a note to tell keys apart")
     revoke = key_verbs.add_parser(
-        "revoke", help="revoke an API key at once",
+        "revoke",
+        help="revoke an API key at once",
         description="Revoke an API key by its id (key_…); requests with it fail from now on.",
     )
     revoke.add_argument("key_id", help="the key's id, as printed by 'api-keys create'")
@@ -135,8 +142,9 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
 
 async def _require_schema(db: Database) -> None:
     if not await is_current(db):
-        raise DepositdError(f"the database schema is not current: run 'depositd migrate'"
-                            f" ({db.safe_url()})")
+        raise DepositdError(
+            f"the database schema is not current: run 'depositd migrate' ({db.safe_url()})"
+        )
 
 
 async def _prepare_dev(db: Database, base_url: str) -> None:
@@ -186,9 +194,16 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
             await _require_schema(db)
         log.info("starting", database=db.safe_url(), host=host, port=port)
         server = uvicorn.Server(
-            uvicorn.Config(create_app(config, db), host=host, port=port, log_config=None,
-                           access_log=False, loop="uvloop", http="httptools",
-                           proxy_headers=False)
+            uvicorn.Config(
+                create_app(config, db),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                loop="uvloop",
+                http="httptools",
+                proxy_headers=False,
+            )
         )
         try:
             await server.serve()

@@ -36,8 +36,8 @@ class DatabaseConfig(_Section):
     def _known_database(cls, url: str) -> str:
         try:
             backend = make_url(url).get_backend_name()
-        except ArgumentError:
-            raise ValueError(f"not a database URL: {url!r}") from None
+        except (ArgumentError, ValueError):
+            raise ValueError("not a database URL") from None
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"use sqlite or postgresql, not {backend}")
         return url
@@ -107,10 +107,15 @@ class Config(_Section):
                 raise ConfigError(f"{where}: {exc}") from None
             book.append(
                 Asset(
-                    code=cfg.code, chain=cfg.chain, symbol=cfg.symbol, decimals=cfg.decimals,
-                    min_deposit=minimum, confirmations=cfg.confirmations,
+                    code=cfg.code,
+                    chain=cfg.chain,
+                    symbol=cfg.symbol,
+                    decimals=cfg.decimals,
+                    min_deposit=minimum,
+                    confirmations=cfg.confirmations,
                     contract=cfg.contract.lower() if cfg.contract else None,
-                    block_time_seconds=chain.block_time_seconds, tiers=tiers,
+                    block_time_seconds=chain.block_time_seconds,
+                    tiers=tiers,
                 )
             )
         codes = [asset.code for asset in book]
@@ -148,16 +153,24 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
-    config.asset_book()  # amounts and chains are checked now, not on first use
+    config.asset_book()  # amounts, chains and the URL file are checked now, not on first use
+    if config.database.url_file is not None:
+        try:
+            DatabaseConfig(url=config.database_url())
+        except ValidationError:
+            raise ConfigError(
+                "database.url_file: the file does not hold a sqlite or postgresql URL"
+            ) from None
     return config
 
 
 def _refuse_secrets_in_file(raw: Mapping[str, Any]) -> None:
-    url = raw.get("database", {}).get("url")
+    database = raw.get("database")
+    url = database.get("url") if isinstance(database, dict) else None
     if isinstance(url, str):
         try:
             password = make_url(url).password
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             return  # reported by validation with the key's name
         if password:
             raise ConfigError(
@@ -167,7 +180,7 @@ def _refuse_secrets_in_file(raw: Mapping[str, Any]) -> None:
 
 
 def _override(raw: dict[str, Any], name: str, value: str) -> None:
-    path = name[len(ENV_PREFIX):].lower().split("__")
+    path = name[len(ENV_PREFIX) :].lower().split("__")
     if not all(re.fullmatch(r"[a-z0-9_]+", part) for part in path):
         raise ConfigError(f"{name}: not a configuration key")
     node = raw
@@ -179,10 +192,15 @@ def _override(raw: dict[str, Any], name: str, value: str) -> None:
     node[path[-1]] = value
 
 
+#: keys whose values may hold a secret, so an error about them never repeats the value
+_SECRET_KEYS = frozenset({"database.url", "database.url_file"})
+
+
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"]) or "config"
     given = error.get("input")
-    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    hidden = key in _SECRET_KEYS or isinstance(given, dict | list) or given is None
+    shown = "" if hidden else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{key}: {error['msg']}{shown}{more}"

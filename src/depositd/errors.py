@@ -1,15 +1,15 @@
 """The exceptions depositd raises, one tree so callers catch at the level they care about.
 
-    DepositdError
-    ├── ConfigError                  bad configuration; the CLI prints it and exits 2
-    ├── InputError                   a caller sent something we cannot accept (an HTTP 4xx)
-    │   ├── InvalidAmount            not a positive amount the asset can represent
-    │   ├── UnknownAsset             asset code not in the configuration
-    │   ├── UnknownOwner             no such user or deposit address for this merchant
-    │   └── ObservationConflict      an observation contradicts what we recorded for that deposit
-    ├── NotFound                     the resource does not exist for this merchant
-    ├── Conflict                     the resource exists and the request clashes with it
-    └── IllegalTransition            a deposit state change the state machine forbids (a bug)
+DepositdError
+├── ConfigError                  bad configuration; the CLI prints it and exits 2
+├── InputError                   a caller sent something we cannot accept (an HTTP 4xx)
+│   ├── InvalidAmount            not a positive amount the asset can represent
+│   ├── UnknownAsset             asset code not in the configuration
+│   ├── UnknownOwner             no such user or deposit address for this merchant
+│   └── ObservationConflict      an observation contradicts what we recorded for that deposit
+├── NotFound                     the resource does not exist for this merchant
+├── Conflict                     the resource exists and the request clashes with it
+└── IllegalTransition            a deposit state change the state machine forbids (a bug)
 """
 
 from __future__ import annotations

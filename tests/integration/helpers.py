@@ -20,8 +20,14 @@ async def merchant_with_user(db: Database, external_id: str = "alice") -> tuple[
 
 
 def eth_transfer(
-    address: str, tx: int, confirmations: int, *, amount: int = ETH, block: str | None = "0xb1",
-    removed: bool = False, log_index: int = -1,
+    address: str,
+    tx: int,
+    confirmations: int,
+    *,
+    amount: int = ETH,
+    block: str | None = "0xb1",
+    removed: bool = False,
+    log_index: int = -1,
 ) -> Observation:
     return Observation(
         ref=ChainRef(CHAIN, f"0x{tx:064x}", log_index),

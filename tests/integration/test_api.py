@@ -16,8 +16,14 @@ PROBLEM = "urn:depositd:problem:"
 
 
 def observation(**changes: Any) -> dict[str, Any]:
-    body = {"provider": "psp", "provider_deposit_id": "d-1", "user": "alice", "asset": "USDT",
-            "amount": "25.5", "status": "succeeded"}
+    body = {
+        "provider": "psp",
+        "provider_deposit_id": "d-1",
+        "user": "alice",
+        "asset": "USDT",
+        "amount": "25.5",
+        "status": "succeeded",
+    }
     body.update(changes)
     return body
 
@@ -54,15 +60,23 @@ async def test_deposit_flow_with_history_and_hints(alice: Tenant) -> None:
     found = detail.json()
     assert found["reason"]["hint"] == "psp 已确认付款，已入账。"
     assert [(t["version"], t["status"]) for t in found["transitions"]] == [
-        (1, "pending"), (2, "credited")
+        (1, "pending"),
+        (2, "credited"),
     ]
     assert found["transitions"][0]["reason"]["hint"] == "psp 报告该笔付款处理中。"
     english = await client.get(f"/v1/deposits/{deposit_id}?lang=en")
     assert english.json()["reason"]["hint"] == "Credited: psp confirmed the payment."
 
     balances = (await client.get("/v1/users/alice/balances")).json()["balances"]
-    assert balances == [{"asset": "USDT", "available": "25.5", "available_base_units": "25500000",
-                         "locked": "0", "locked_base_units": "0"}]
+    assert balances == [
+        {
+            "asset": "USDT",
+            "available": "25.5",
+            "available_base_units": "25500000",
+            "locked": "0",
+            "locked_base_units": "0",
+        }
+    ]
     records = (await client.get("/v1/transactions?user=alice")).json()["data"]
     assert [(r["kind"], r["amount"]) for r in records] == [("credit", "25.5")]
     events = (await client.get("/v1/events?after=1")).json()
@@ -73,8 +87,7 @@ async def test_deposit_flow_with_history_and_hints(alice: Tenant) -> None:
 
 async def test_deposit_listing_pages_with_a_cursor(alice: Tenant) -> None:
     for n in range(5):
-        await alice.client.post("/v1/observations",
-                                json=observation(provider_deposit_id=f"d-{n}"))
+        await alice.client.post("/v1/observations", json=observation(provider_deposit_id=f"d-{n}"))
     seen: list[str] = []
     cursor = None
     while True:
@@ -107,8 +120,10 @@ async def test_openapi_is_served(app_client: httpx.AsyncClient) -> None:
 
 async def test_malformed_json(alice: Tenant) -> None:
     response = await alice.client.post(
-        "/v1/observations", content=b'{"provider": "psp",', headers={"content-type":
-                                                                     "application/json"})
+        "/v1/observations",
+        content=b'{"provider": "psp",',
+        headers={"content-type": "application/json"},
+    )
     assert_problem(response, 400, "malformed-json")
 
 
@@ -131,8 +146,7 @@ async def test_amount_not_positive(alice: Tenant, amount: str) -> None:
 
 
 async def test_amount_overflowing_uint256(alice: Tenant) -> None:
-    response = await alice.client.post("/v1/observations",
-                                       json=observation(amount="1" + "0" * 72))
+    response = await alice.client.post("/v1/observations", json=observation(amount="1" + "0" * 72))
     body = assert_problem(response, 422, "invalid-amount")
     assert "too large" in body["detail"]
 
@@ -166,8 +180,9 @@ async def test_conflicting_observation(alice: Tenant) -> None:
 
 
 async def test_oversized_body(alice: Tenant) -> None:
-    response = await alice.client.post("/v1/observations",
-                                       json=observation(provider_deposit_id="x" * 70_000))
+    response = await alice.client.post(
+        "/v1/observations", json=observation(provider_deposit_id="x" * 70_000)
+    )
     assert_problem(response, 413, "body-too-large")
 
 
@@ -189,7 +204,8 @@ async def test_missing_api_key(app_client: httpx.AsyncClient) -> None:
 
 async def test_wrong_api_key(app_client: httpx.AsyncClient) -> None:
     response = await app_client.get(
-        "/v1/deposits", headers={"Authorization": "Bearer dpk_" + "x" * 43})
+        "/v1/deposits", headers={"Authorization": "Bearer dpk_" + "x" * 43}
+    )
     assert_problem(response, 401, "unauthorized")
 
 

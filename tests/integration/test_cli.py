@@ -12,13 +12,21 @@ import pytest
 from depositd.db.engine import Database
 
 
-def depositd(*args: str, cwd: Path, env: dict[str, str] | None = None,
-             ) -> subprocess.CompletedProcess[str]:
+def depositd(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITD_")}
     environ.update(env or {})
     return subprocess.run(  # noqa: S603 - our own command with fixed arguments
-        [sys.executable, "-m", "depositd.cli", *args], cwd=cwd, env=environ,
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "depositd.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

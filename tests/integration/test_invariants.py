@@ -64,36 +64,52 @@ async def test_any_observation_sequence_keeps_the_invariants(
     for step in script:
         if len(step) == 4:
             tx, confirmations, block, removed = step
-            observations.append(Observation(
-                ref=ChainRef(CHAIN, f"0x{run:032x}{tx:032x}", 0),
-                owner=ToAddress(CHAIN, address), asset="ETH", amount=AMOUNTS[tx],
-                confirmations=0 if removed else confirmations,
-                block_hash=block if removed or confirmations > 0 else None,
-                removed=removed,
-            ))
+            observations.append(
+                Observation(
+                    ref=ChainRef(CHAIN, f"0x{run:032x}{tx:032x}", 0),
+                    owner=ToAddress(CHAIN, address),
+                    asset="ETH",
+                    amount=AMOUNTS[tx],
+                    confirmations=0 if removed else confirmations,
+                    block_hash=block if removed or confirmations > 0 else None,
+                    removed=removed,
+                )
+            )
         else:
             deposit_id, status = step
-            observations.append(Observation(
-                ref=ProviderRef(merchant.id, "psp", f"p{deposit_id}"),
-                owner=ToUser(merchant.id, "u"), asset="USDT", amount=5_000_000,
-                provider_status=status,
-            ))
+            observations.append(
+                Observation(
+                    ref=ProviderRef(merchant.id, "psp", f"p{deposit_id}"),
+                    owner=ToUser(merchant.id, "u"),
+                    asset="USDT",
+                    amount=5_000_000,
+                    provider_status=status,
+                )
+            )
     start = 0
     for size in itertools.cycle(cuts):
         if start >= len(observations):
             break
-        await record_observations(db, assets, observations[start:start + size])
+        await record_observations(db, assets, observations[start : start + size])
         start += size
 
     async with db.reader.connect() as conn:
-        statuses = dict((await conn.execute(
-            select(deposits.c.id, deposits.c.status).where(deposits.c.merchant_id == merchant.id)
-        )).all())
-        entries = (await conn.execute(
-            select(ledger_entries.c.deposit_id, ledger_entries.c.kind,
-                   ledger_entries.c.generation)
-            .where(ledger_entries.c.deposit_id.in_(list(statuses)))
-        )).all()
+        statuses = dict(
+            (
+                await conn.execute(
+                    select(deposits.c.id, deposits.c.status).where(
+                        deposits.c.merchant_id == merchant.id
+                    )
+                )
+            ).all()
+        )
+        entries = (
+            await conn.execute(
+                select(
+                    ledger_entries.c.deposit_id, ledger_entries.c.kind, ledger_entries.c.generation
+                ).where(ledger_entries.c.deposit_id.in_(list(statuses)))
+            )
+        ).all()
     net_credits: dict[str, int] = defaultdict(int)
     for deposit_id, kind, _generation in set(entries):  # one posting = two entries
         net_credits[deposit_id] += 1 if kind == "credit" else -1

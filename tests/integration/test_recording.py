@@ -26,15 +26,25 @@ async def test_confirmations_then_credit_once(db: Database, assets: AssetBook) -
         assert recorded.deposit is not None
         seen.append((recorded.deposit.status.value, recorded.changed))
     assert seen == [
-        ("pending", True), ("confirming", True), ("confirming", True), ("confirming", False),
-        ("confirming", False), ("credited", True), ("credited", False), ("credited", False),
+        ("pending", True),
+        ("confirming", True),
+        ("confirming", True),
+        ("confirming", False),
+        ("confirming", False),
+        ("credited", True),
+        ("credited", False),
+        ("credited", False),
     ]
     balances = await queries.user_balances(db, merchant_id, "alice")
     assert [(b.asset, b.available, b.locked) for b in balances] == [("ETH", ETH, 0)]
     events = await queries.events_after(db, merchant_id, 0, 100)
     assert [e.seq for e in events] == [1, 2, 3, 4]
-    assert [e.type for e in events] == ["deposit.pending", "deposit.confirming",
-                                        "deposit.confirming", "deposit.credited"]
+    assert [e.type for e in events] == [
+        "deposit.pending",
+        "deposit.confirming",
+        "deposit.confirming",
+        "deposit.credited",
+    ]
     assert [e.data["version"] for e in events] == [1, 2, 3, 4]
 
 
@@ -75,7 +85,8 @@ async def test_reversal_posts_a_compensating_entry(db: Database, assets: AssetBo
     back = await record_observation(
         db, assets, eth_transfer(address, 7, 4, amount=3 * ETH, block="0xb2")
     )
-    assert back.deposit is not None and back.deposit.status is DepositStatus.CREDITED
+    assert back.deposit is not None
+    assert back.deposit.status is DepositStatus.CREDITED
     assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 3 * ETH
     assert (await queries.audit_ledger(db)).ok
 
@@ -114,8 +125,13 @@ async def test_outbox_rows_follow_subscriptions(db: Database, assets: AssetBook)
     async with UnitOfWork(db, write=True) as uow:
         now = utcnow()
         await uow.endpoints.add(everything, merchant_id, "https://a.example/hook", ["*"], now)
-        await uow.endpoints.add(credits_only, merchant_id, "https://b.example/hook",
-                                ["deposit.credited", "deposit.reversed"], now)
+        await uow.endpoints.add(
+            credits_only,
+            merchant_id,
+            "https://b.example/hook",
+            ["deposit.credited", "deposit.reversed"],
+            now,
+        )
         await uow.endpoints.add(disabled, merchant_id, "https://c.example/hook", ["*"], now)
         await uow.commit()
     async with db.writer.begin() as conn:
@@ -127,7 +143,9 @@ async def test_outbox_rows_follow_subscriptions(db: Database, assets: AssetBook)
         await record_observation(db, assets, eth_transfer(address, 1, confirmations))
     async with UnitOfWork(db, write=False) as uow:
         assert await uow.endpoints.deliveries_for(everything) == [
-            (1, "deposit.pending"), (2, "deposit.confirming"), (3, "deposit.credited")
+            (1, "deposit.pending"),
+            (2, "deposit.confirming"),
+            (3, "deposit.credited"),
         ]
         assert await uow.endpoints.deliveries_for(credits_only) == [(3, "deposit.credited")]
         assert await uow.endpoints.deliveries_for(disabled) == []

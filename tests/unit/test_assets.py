@@ -101,19 +101,9 @@ def test_asset_codes_are_case_sensitive() -> None:
         AssetBook([_eth()])["eth"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: assets.py AssetBook.__getitem__ raises UnknownAsset, which is not a KeyError,"
-    " so the inherited Mapping.__contains__ raises instead of returning False",
-)
 def test_membership_of_an_unknown_code_is_false() -> None:
     assert "BTC" not in AssetBook([_eth()])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: assets.py AssetBook.__getitem__ raises UnknownAsset, which is not a KeyError,"
-    " so the inherited Mapping.get raises instead of returning the default",
-)
 def test_get_of_an_unknown_code_returns_the_default() -> None:
     assert AssetBook([_eth()]).get("BTC") is None

@@ -45,7 +45,7 @@ ETH = Asset(
 )
 CHAIN_REF = ChainRef("eth", "0xABC123", 2)
 ADDRESS = ToAddress("eth", "0x" + "11" * 20)
-PROVIDER_REF = ProviderRef("fireblocks", "fb-42")
+PROVIDER_REF = ProviderRef("mer_1", "fireblocks", "fb-42")
 USER = ToUser("mer_1", "alice")
 
 
@@ -484,9 +484,7 @@ def test_provider_confirming_reports_remaining_confirmations() -> None:
     deposit = see(provider(ProviderStatus.CONFIRMING, 1))
     assert deposit.status is S.CONFIRMING
     assert deposit.confirmations == 1
-    assert deposit.reason == Message(
-        "awaiting_confirmations", {"remaining": 2, "eta_seconds": "?"}
-    )
+    assert deposit.reason == Message("awaiting_confirmations", {"remaining": 2, "eta_seconds": "?"})
 
 
 def test_provider_confirming_without_a_count_is_confirming() -> None:
@@ -561,12 +559,6 @@ def test_provider_failed_is_final() -> None:
         assert decide(failed, provider(status, 50), ETH) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: deposits.py decide/_is_stale never treats a provider observation on a REVERSED"
-    " deposit as stale, so a replayed or late 'succeeded' callback after the provider reversed"
-    " the payment goes REVERSED -> CREDITED and posts a second CREDIT",
-)
 @pytest.mark.parametrize(
     "late",
     [
@@ -711,6 +703,6 @@ def test_a_provider_observation_needs_a_status_and_cannot_be_removed() -> None:
 def test_identity_keys() -> None:
     assert CHAIN_REF.key == "chain:eth:0xabc123:2"
     assert ChainRef("eth", "0xABC123").key == "chain:eth:0xabc123:-1"
-    assert PROVIDER_REF.key == "provider:fireblocks:fb-42"
+    assert PROVIDER_REF.key == "provider:mer_1:fireblocks:fb-42"
     assert chain(0).source == "chain:eth"
     assert provider(ProviderStatus.PENDING).source == "provider:fireblocks"

@@ -65,9 +65,9 @@ def test_parse_amount_rejects_zero_and_negatives(text: str) -> None:
         "nan",
         "Infinity",
         "inf",
-        "١",  # Arabic-Indic one: int() would take it, an amount must not
-        "١٢٣",
-        "１",  # full-width one
+        "\u0661",  # Arabic-Indic one: int() would take it, an amount must not
+        "\u0661\u0662\u0663",  # Arabic-Indic 123
+        "\uff11",  # full-width one
         "1_000",
         "1,5",
         "1.",
@@ -111,11 +111,6 @@ def test_parse_amount_rejects_more_than_uint256_base_units(text: str, decimals: 
         parse_amount(text, decimals)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: money.py:29 rejects a whole part longer than 80 characters before stripping"
-    " leading zeros, so '000…0001' (value 1) is refused as 'too large'",
-)
 def test_parse_amount_ignores_leading_zeros_when_checking_size() -> None:
     assert parse_amount("0" * 80 + "1", 0) == 1
 

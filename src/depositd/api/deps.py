@@ -28,9 +28,7 @@ def context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(context)]
 
 
-async def merchant(
-    ctx: Context, authorization: Annotated[str | None, Header()] = None
-) -> str:
+async def merchant(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> str:
     """The merchant whose API key authorises this request."""
     if authorization is None:
         raise unauthorized("send 'Authorization: Bearer <api key>'")

@@ -19,8 +19,13 @@ class Problem(Exception):
     """An error answer: raise it from a router, or let a domain error map to one."""
 
     def __init__(
-        self, status: int, slug: str, title: str, detail: str | None = None,
-        headers: dict[str, str] | None = None, **extra: Any,
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
@@ -37,13 +42,19 @@ class Problem(Exception):
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)
-        return JSONResponse(body, status_code=self.status, headers=self.headers,
-                            media_type=MEDIA_TYPE)
+        return JSONResponse(
+            body, status_code=self.status, headers=self.headers, media_type=MEDIA_TYPE
+        )
 
 
 def unauthorized(detail: str) -> Problem:
-    return Problem(401, "unauthorized", "Missing or invalid API key", detail,
-                   headers={"WWW-Authenticate": "Bearer"})
+    return Problem(
+        401,
+        "unauthorized",
+        "Missing or invalid API key",
+        detail,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:
@@ -51,15 +62,19 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         return Problem(400, "malformed-json", "The request body is not valid JSON").response(
-            request)
+            request
+        )
     fields = [
         {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
         for error in errors
     ]
     first = fields[0]
     return Problem(
-        422, "validation-error", "The request does not match the schema",
-        f"{first['field']}: {first['message']}", errors=fields,
+        422,
+        "validation-error",
+        "The request does not match the schema",
+        f"{first['field']}: {first['message']}",
+        errors=fields,
     ).response(request)
 
 

@@ -39,10 +39,16 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of a page")]
 
 
-@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED,
-             tags=["users"], summary="Create a user (200 with the user if it exists)")
-async def create_user(body: UserIn, merchant_id: MerchantId, ctx: Context,
-                      response: Response) -> UserOut:
+@router.post(
+    "/users",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["users"],
+    summary="Create a user (200 with the user if it exists)",
+)
+async def create_user(
+    body: UserIn, merchant_id: MerchantId, ctx: Context, response: Response
+) -> UserOut:
     user, created = await users.ensure_user(ctx.db, merchant_id, body.external_id)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -54,10 +60,15 @@ async def get_user(external_id: ExternalId, merchant_id: MerchantId, ctx: Contex
     return UserOut.of(await users.get_user(ctx.db, merchant_id, external_id))
 
 
-@router.get("/users/{external_id}/balances", response_model=BalancesOut, tags=["balances"],
-            summary="A user's available and locked balance per asset")
-async def get_balances(external_id: ExternalId, merchant_id: MerchantId,
-                       ctx: Context) -> BalancesOut:
+@router.get(
+    "/users/{external_id}/balances",
+    response_model=BalancesOut,
+    tags=["balances"],
+    summary="A user's available and locked balance per asset",
+)
+async def get_balances(
+    external_id: ExternalId, merchant_id: MerchantId, ctx: Context
+) -> BalancesOut:
     user = await users.get_user(ctx.db, merchant_id, external_id)
     balances = await queries.user_balances(ctx.db, merchant_id, external_id)
     return BalancesOut(
@@ -66,8 +77,9 @@ async def get_balances(external_id: ExternalId, merchant_id: MerchantId,
     )
 
 
-@router.get("/deposits", response_model=DepositPage, tags=["deposits"],
-            summary="Deposits, newest first")
+@router.get(
+    "/deposits", response_model=DepositPage, tags=["deposits"], summary="Deposits, newest first"
+)
 async def list_deposits(
     merchant_id: MerchantId,
     ctx: Context,
@@ -89,8 +101,12 @@ async def list_deposits(
     if asset is not None:
         ctx.assets[asset]  # an unknown asset is a 422, not an empty list
     where = DepositFilter(
-        merchant_id=merchant_id, status=status_.value if status_ else None, user_id=user_id,
-        asset=asset, created_from=created_from, created_to=created_to,
+        merchant_id=merchant_id,
+        status=status_.value if status_ else None,
+        user_id=user_id,
+        asset=asset,
+        created_from=created_from,
+        created_to=created_to,
     )
     page = await queries.list_deposits(ctx.db, where, cursor, limit)
     return DepositPage(
@@ -99,10 +115,16 @@ async def list_deposits(
     )
 
 
-@router.get("/deposits/{deposit_id}", response_model=DepositDetail, tags=["deposits"],
-            summary="A deposit with its transition history and hint")
+@router.get(
+    "/deposits/{deposit_id}",
+    response_model=DepositDetail,
+    tags=["deposits"],
+    summary="A deposit with its transition history and hint",
+)
 async def get_deposit(
-    deposit_id: Annotated[str, Path(max_length=40)], merchant_id: MerchantId, ctx: Context,
+    deposit_id: Annotated[str, Path(max_length=40)],
+    merchant_id: MerchantId,
+    ctx: Context,
     language: Language,
 ) -> DepositDetail:
     found = await queries.get_deposit(ctx.db, merchant_id, deposit_id)
@@ -113,10 +135,15 @@ async def get_deposit(
     )
 
 
-@router.post("/observations", response_model=ObservationOut, tags=["deposits"],
-             summary="Report a deposit your own payment system saw")
-async def post_observation(body: ObservationIn, merchant_id: MerchantId, ctx: Context,
-                           language: Language) -> ObservationOut:
+@router.post(
+    "/observations",
+    response_model=ObservationOut,
+    tags=["deposits"],
+    summary="Report a deposit your own payment system saw",
+)
+async def post_observation(
+    body: ObservationIn, merchant_id: MerchantId, ctx: Context, language: Language
+) -> ObservationOut:
     asset = ctx.assets[body.asset]
     observation = Observation(
         ref=ProviderRef(merchant_id, body.provider, body.provider_deposit_id),
@@ -129,15 +156,20 @@ async def post_observation(body: ObservationIn, merchant_id: MerchantId, ctx: Co
     recorded = await record_observation(ctx.db, ctx.assets, observation)
     assert recorded.deposit is not None or not recorded.changed
     return ObservationOut(
-        deposit=None if recorded.deposit is None
+        deposit=None
+        if recorded.deposit is None
         else DepositOut.of(recorded.deposit, asset, language),
         changed=recorded.changed,
         seq=recorded.seq,
     )
 
 
-@router.get("/transactions", response_model=TransactionPage, tags=["balances"],
-            summary="Ledger records of your users, newest first")
+@router.get(
+    "/transactions",
+    response_model=TransactionPage,
+    tags=["balances"],
+    summary="Ledger records of your users, newest first",
+)
 async def list_transactions(
     merchant_id: MerchantId,
     ctx: Context,
@@ -154,18 +186,26 @@ async def list_transactions(
         decimals = ctx.assets[record.asset].decimals
         out.append(
             TransactionOut(
-                id=record.id, user={"id": record.user_id, "external_id": record.external_id},
-                asset=record.asset, side=record.side, kind=record.kind,
+                id=record.id,
+                user={"id": record.user_id, "external_id": record.external_id},
+                asset=record.asset,
+                side=record.side,
+                kind=record.kind,
                 amount=format_amount(record.amount, decimals),
-                amount_base_units=str(record.amount), deposit_id=record.deposit_id,
+                amount_base_units=str(record.amount),
+                deposit_id=record.deposit_id,
                 created_at=record.created_at,
             )
         )
     return TransactionPage(data=out, next_cursor=page.next_cursor)
 
 
-@router.get("/events", response_model=EventPage, tags=["events"],
-            summary="Your events in seq order, after a cursor")
+@router.get(
+    "/events",
+    response_model=EventPage,
+    tags=["events"],
+    summary="Your events in seq order, after a cursor",
+)
 async def list_events(
     merchant_id: MerchantId,
     ctx: Context,

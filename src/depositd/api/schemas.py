@@ -41,8 +41,9 @@ class ObservationIn(_In):
     provider_deposit_id: StrictStr = Field(min_length=1, max_length=200)
     user: StrictStr = Field(pattern=EXTERNAL_ID, description="the user's external_id")
     asset: StrictStr = Field(min_length=1, max_length=40)
-    amount: StrictStr = Field(description="decimal string in whole units, e.g. '12.5'",
-                              max_length=100)
+    amount: StrictStr = Field(
+        description="decimal string in whole units, e.g. '12.5'", max_length=100
+    )
     status: ProviderStatus
     confirmations: int | None = Field(None, ge=0, le=1_000_000, strict=True)
 
@@ -83,8 +84,11 @@ class DepositOut(BaseModel):
             tx_hash=deposit.tx_hash,
             block_number=deposit.block_number,
             version=deposit.version,
-            reason=Reason(code=deposit.reason.code, params=dict(deposit.reason.params),
-                          hint=deposit.reason.render(language)),
+            reason=Reason(
+                code=deposit.reason.code,
+                params=dict(deposit.reason.params),
+                hint=deposit.reason.render(language),
+            ),
             created_at=deposit.created_at,
             updated_at=deposit.updated_at,
         )
@@ -102,10 +106,16 @@ class Transition(BaseModel):
     def of(cls, data: dict[str, Any], language: str) -> Transition:
         reason = data["reason"]
         return cls(
-            seq=data["seq"], version=data["version"], status=data["status"],
-            confirmations=data["confirmations"], at=data["at"],
-            reason=Reason(code=reason["code"], params=reason["params"],
-                          hint=render(reason["code"], reason["params"], language)),
+            seq=data["seq"],
+            version=data["version"],
+            status=data["status"],
+            confirmations=data["confirmations"],
+            at=data["at"],
+            reason=Reason(
+                code=reason["code"],
+                params=reason["params"],
+                hint=render(reason["code"], reason["params"], language),
+            ),
         )
 
 

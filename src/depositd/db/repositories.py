@@ -52,7 +52,7 @@ class MerchantRepository:
         result = await self._conn.execute(select(merchants).where(merchants.c.id == merchant_id))
         return result.first()
 
-    async def list(self) -> Sequence[Row[Any]]:
+    async def all(self) -> Sequence[Row[Any]]:
         result = await self._conn.execute(select(merchants).order_by(merchants.c.created_at))
         return result.all()
 
@@ -111,8 +111,9 @@ class UserRepository:
 
     async def get(self, merchant_id: str, external_id: str) -> Row[Any] | None:
         result = await self._conn.execute(
-            select(users).where(users.c.merchant_id == merchant_id,
-                                users.c.external_id == external_id)
+            select(users).where(
+                users.c.merchant_id == merchant_id, users.c.external_id == external_id
+            )
         )
         return result.first()
 
@@ -127,13 +128,22 @@ class UserRepository:
         return {row.external_id: Owner(merchant_id, row.id, row.external_id) for row in result}
 
     async def add_address(
-        self, address_id: str, user_id: str, merchant_id: str, chain: str, address: str,
+        self,
+        address_id: str,
+        user_id: str,
+        merchant_id: str,
+        chain: str,
+        address: str,
         now: datetime,
     ) -> None:
         await self._conn.execute(
             addresses.insert().values(
-                id=address_id, user_id=user_id, merchant_id=merchant_id, chain=chain,
-                address=address.lower(), created_at=now,
+                id=address_id,
+                user_id=user_id,
+                merchant_id=merchant_id,
+                chain=chain,
+                address=address.lower(),
+                created_at=now,
             )
         )
 
@@ -142,8 +152,13 @@ class UserRepository:
     ) -> dict[tuple[str, str], Owner]:
         wanted = {(chain, address.lower()) for chain, address in chain_addresses}
         result = await self._conn.execute(
-            select(addresses.c.chain, addresses.c.address, users.c.merchant_id,
-                   users.c.id, users.c.external_id)
+            select(
+                addresses.c.chain,
+                addresses.c.address,
+                users.c.merchant_id,
+                users.c.id,
+                users.c.external_id,
+            )
             .join(users, users.c.id == addresses.c.user_id)
             .where(tuple_(addresses.c.chain, addresses.c.address).in_(wanted))
         )
@@ -242,7 +257,8 @@ class DepositRepository:
                     "user_id": deposit.user_id,
                     "asset": deposit.asset,
                     "amount": deposit.amount,
-                    "source": f"chain:{ref.chain}" if isinstance(ref, ChainRef)
+                    "source": f"chain:{ref.chain}"
+                    if isinstance(ref, ChainRef)
                     else f"provider:{ref.provider}",
                     "chain": ref.chain if isinstance(ref, ChainRef) else None,
                     "tx_hash": deposit.tx_hash,
@@ -275,13 +291,14 @@ class DepositRepository:
 
     async def get(self, merchant_id: str, deposit_id: str) -> DepositState | None:
         result = await self._conn.execute(
-            _DEPOSIT_WITH_USER.where(deposits.c.id == deposit_id,
-                                     deposits.c.merchant_id == merchant_id)
+            _DEPOSIT_WITH_USER.where(
+                deposits.c.id == deposit_id, deposits.c.merchant_id == merchant_id
+            )
         )
         row = result.first()
         return None if row is None else _deposit_from_row(row)
 
-    async def list(
+    async def page(
         self, where: DepositFilter, before_id: str | None, limit: int
     ) -> list[DepositState]:
         """Newest first; ``before_id`` continues a listing after its last id."""
@@ -401,9 +418,14 @@ class AccountRepository:
         """The users' side of the ledger, newest first."""
         stmt = (
             select(
-                ledger_entries.c.id, ledger_entries.c.kind, ledger_entries.c.amount,
-                ledger_entries.c.deposit_id, ledger_entries.c.created_at,
-                accounts.c.asset, accounts.c.side, users.c.id.label("user_id"),
+                ledger_entries.c.id,
+                ledger_entries.c.kind,
+                ledger_entries.c.amount,
+                ledger_entries.c.deposit_id,
+                ledger_entries.c.created_at,
+                accounts.c.asset,
+                accounts.c.side,
+                users.c.id.label("user_id"),
                 users.c.external_id,
             )
             .join(accounts, accounts.c.id == ledger_entries.c.account_id)
@@ -418,8 +440,17 @@ class AccountRepository:
             stmt = stmt.where(ledger_entries.c.id < before_id)
         result = await self._conn.execute(stmt.order_by(ledger_entries.c.id.desc()).limit(limit))
         return [
-            LedgerRecord(row.id, row.user_id, row.external_id, row.asset, row.side, row.kind,
-                         row.amount, row.deposit_id, row.created_at)
+            LedgerRecord(
+                row.id,
+                row.user_id,
+                row.external_id,
+                row.asset,
+                row.side,
+                row.kind,
+                row.amount,
+                row.deposit_id,
+                row.created_at,
+            )
             for row in result
         ]
 
@@ -435,14 +466,20 @@ class AccountRepository:
         )
         for row in entries:
             sums[row.account_id] += row.amount
-        return [AccountAudit(key, balance, sums[account_id])
-                for account_id, (key, balance) in cached.items()]
+        return [
+            AccountAudit(key, balance, sums[account_id])
+            for account_id, (key, balance) in cached.items()
+        ]
 
     async def unbalanced_postings(self) -> list[tuple[str, str, int]]:
         """(deposit, kind, generation) groups whose entries do not sum to zero."""
         result = await self._conn.execute(
-            select(ledger_entries.c.deposit_id, ledger_entries.c.kind,
-                   ledger_entries.c.generation, ledger_entries.c.amount)
+            select(
+                ledger_entries.c.deposit_id,
+                ledger_entries.c.kind,
+                ledger_entries.c.generation,
+                ledger_entries.c.amount,
+            )
         )
         sums: dict[tuple[str, str, int], int] = defaultdict(int)
         for row in result:
@@ -503,27 +540,33 @@ class EventRepository:
             )
             .distinct()
             .select_from(events)
-            .join(endpoints, and_(endpoints.c.merchant_id == events.c.merchant_id,
-                                  endpoints.c.disabled_at.is_(None)))
+            .join(
+                endpoints,
+                and_(
+                    endpoints.c.merchant_id == events.c.merchant_id,
+                    endpoints.c.disabled_at.is_(None),
+                ),
+            )
             .join(
                 endpoint_subscriptions,
                 and_(
                     endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
-                    or_(endpoint_subscriptions.c.event_type == events.c.type,
-                        endpoint_subscriptions.c.event_type == "*"),
+                    or_(
+                        endpoint_subscriptions.c.event_type == events.c.type,
+                        endpoint_subscriptions.c.event_type == "*",
+                    ),
                 ),
             )
             .where(events.c.seq.between(first, last))
         )
         await self._conn.execute(
             deliveries.insert().from_select(
-                ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at",
-                 "created_at"],
+                ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
                 subscribed,
             )
         )
 
-    async def list(self, merchant_id: str, after: int, limit: int) -> Sequence[Row[Any]]:
+    async def after(self, merchant_id: str, after: int, limit: int) -> Sequence[Row[Any]]:
         result = await self._conn.execute(
             select(events)
             .where(events.c.merchant_id == merchant_id, events.c.seq > after)
@@ -550,12 +593,17 @@ class EndpointRepository:
         self._conn = conn
 
     async def add(
-        self, endpoint_id: str, merchant_id: str, url: str, event_types: Iterable[str],
+        self,
+        endpoint_id: str,
+        merchant_id: str,
+        url: str,
+        event_types: Iterable[str],
         now: datetime,
     ) -> None:
         await self._conn.execute(
-            endpoints.insert().values(id=endpoint_id, merchant_id=merchant_id, url=url,
-                                      created_at=now)
+            endpoints.insert().values(
+                id=endpoint_id, merchant_id=merchant_id, url=url, created_at=now
+            )
         )
         await self._conn.execute(
             endpoint_subscriptions.insert(),

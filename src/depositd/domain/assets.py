@@ -56,6 +56,12 @@ class AssetBook(Mapping[str, Asset]):
             known = ", ".join(sorted(self._by_code)) or "none configured"
             raise UnknownAsset(f"unknown asset {code!r} (known: {known})") from None
 
+    def __contains__(self, code: object) -> bool:
+        return code in self._by_code
+
+    def get(self, code: str, default: Asset | None = None) -> Asset | None:  # type: ignore[override]
+        return self._by_code.get(code, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_code)
 

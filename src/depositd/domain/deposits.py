@@ -47,9 +47,7 @@ S = DepositStatus
 TRANSITIONS: Mapping[DepositStatus | None, frozenset[DepositStatus]] = {
     None: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED}),
     S.PENDING: frozenset({S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED, S.ORPHANED}),
-    S.CONFIRMING: frozenset(
-        {S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}
-    ),
+    S.CONFIRMING: frozenset({S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}),
     S.CREDITED: frozenset({S.REVERSED}),
     S.HELD: frozenset({S.CREDITED, S.REJECTED, S.ORPHANED}),
     S.ORPHANED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED}),
@@ -78,7 +76,7 @@ class RejectReason(StrEnum):
     """Why a source already knows a transfer must not be credited (fake-deposit defences)."""
 
     #: the token contract is not on the allow-list
-    TOKEN_NOT_ACCEPTED = "token_not_accepted"
+    TOKEN_NOT_ACCEPTED = "token_not_accepted"  # noqa: S105 - a reason, not a secret
     #: receipt status is 0, or the token's ``transfer`` returned false
     TRANSACTION_FAILED = "transaction_failed"
     #: the Transfer log was not emitted by the token contract itself
@@ -243,8 +241,8 @@ def decide(deposit: DepositState | None, obs: Observation, asset: Asset) -> Tran
             f" the observation says {obs.amount} {obs.asset}"
         )
     status = deposit.status if deposit else None
-    required = deposit.required_confirmations if deposit else asset.required_confirmations(
-        obs.amount
+    required = (
+        deposit.required_confirmations if deposit else asset.required_confirmations(obs.amount)
     )
     if obs.removed:
         return _removal(deposit, obs)
@@ -252,8 +250,13 @@ def decide(deposit: DepositState | None, obs: Observation, asset: Asset) -> Tran
         return None  # final, or waiting for a reviewer
     if status is S.CREDITED:
         if obs.provider_status in (ProviderStatus.REVERSED, ProviderStatus.FAILED):
-            return _to(deposit, S.REVERSED, obs, _provider_message("provider_reversed", obs),
-                       Posting.REVERSAL)
+            return _to(
+                deposit,
+                S.REVERSED,
+                obs,
+                _provider_message("provider_reversed", obs),
+                Posting.REVERSAL,
+            )
         return None
     if deposit is not None and _is_stale(deposit, obs):
         return None
@@ -279,8 +282,14 @@ def _removal(deposit: DepositState | None, obs: Observation) -> Transition | Non
     if deposit.status in (S.PENDING, S.CONFIRMING, S.HELD):
         return _to(deposit, S.ORPHANED, obs, message, None, keep_block=True)
     if deposit.status is S.CREDITED:
-        return _to(deposit, S.REVERSED, obs, Message("reversed_by_reorg"), Posting.REVERSAL,
-                   keep_block=True)
+        return _to(
+            deposit,
+            S.REVERSED,
+            obs,
+            Message("reversed_by_reorg"),
+            Posting.REVERSAL,
+            keep_block=True,
+        )
     return None
 
 
@@ -288,6 +297,8 @@ def _is_stale(deposit: DepositState, obs: Observation) -> bool:
     """True when ``obs`` says nothing newer than what we hold."""
     moved = obs.block_hash is not None and obs.block_hash != deposit.block_hash
     if deposit.status in (S.ORPHANED, S.REVERSED):
+        if obs.provider_status is not None:
+            return True  # a provider's reversal is final; late callbacks must not reopen it
         # back only when mined again in another block (a replay of the removed block is stale)
         return obs.block_hash is not None and not moved
     if obs.provider_status is not None:
@@ -307,8 +318,14 @@ def _chain_progress(
     if confirmations == 0:
         if deposit is not None and deposit.status in (S.PENDING, S.CONFIRMING):
             return None  # back in the mempool is a removal, which says so itself
-        return _to(deposit, S.PENDING, obs,
-                   Message("awaiting_first_confirmation", {"required": required}), None, required)
+        return _to(
+            deposit,
+            S.PENDING,
+            obs,
+            Message("awaiting_first_confirmation", {"required": required}),
+            None,
+            required,
+        )
     remaining = required - confirmations
     eta = round(remaining * asset.block_time_seconds)
     message = Message("awaiting_confirmations", {"remaining": remaining, "eta_seconds": eta})
@@ -321,18 +338,25 @@ def _provider_progress(
     status = deposit.status if deposit else None
     match obs.provider_status:
         case ProviderStatus.SUCCEEDED:
-            return _to(deposit, S.CREDITED, obs, _provider_message("provider_confirmed", obs),
-                       Posting.CREDIT, required)
+            return _to(
+                deposit,
+                S.CREDITED,
+                obs,
+                _provider_message("provider_confirmed", obs),
+                Posting.CREDIT,
+                required,
+            )
         case ProviderStatus.FAILED | ProviderStatus.REVERSED:
             if status in (S.ORPHANED, S.REVERSED):
                 return None
-            return _to(deposit, S.FAILED, obs, _provider_message("provider_failed", obs), None,
-                       required)
+            return _to(
+                deposit, S.FAILED, obs, _provider_message("provider_failed", obs), None, required
+            )
         case ProviderStatus.CONFIRMING:
             confirmations = obs.confirmations or 0
-            if deposit is not None and status is S.CONFIRMING:
-                if confirmations <= deposit.confirmations:
-                    return None
+            stale = deposit is not None and confirmations <= deposit.confirmations
+            if status is S.CONFIRMING and stale:
+                return None
             message = Message(
                 "awaiting_confirmations",
                 {"remaining": max(required - confirmations, 0), "eta_seconds": "?"},
@@ -341,8 +365,9 @@ def _provider_progress(
         case _:
             if status in (S.PENDING, S.CONFIRMING):
                 return None
-            return _to(deposit, S.PENDING, obs, _provider_message("provider_pending", obs), None,
-                       required)
+            return _to(
+                deposit, S.PENDING, obs, _provider_message("provider_pending", obs), None, required
+            )
 
 
 def _provider_message(code: str, obs: Observation) -> Message:

@@ -124,16 +124,24 @@ def negotiate_language(accept_language: str | None) -> str:
     """Pick English or Simplified Chinese from an ``Accept-Language`` header."""
     if not accept_language:
         return LANGUAGES[0]
-    best, best_q = LANGUAGES[0], -1.0
+    best, best_q = LANGUAGES[0], 0.0
     for part in accept_language.split(","):
-        tag, _, q_text = part.strip().partition(";q=")
-        try:
-            q = float(q_text) if q_text else 1.0
-        except ValueError:
-            continue
+        tag, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = -1.0
+        if not 0 < q <= 1:
+            continue  # q=0 means "not this one"; nonsense weights are ignored
         tag = tag.lower()
-        lang = "zh-CN" if tag.startswith("zh") and "hant" not in tag and "tw" not in tag else (
-            "en" if tag.startswith("en") or tag == "*" else None
+        lang = (
+            "zh-CN"
+            if tag.startswith("zh") and "hant" not in tag and "tw" not in tag
+            else ("en" if tag.startswith("en") or tag == "*" else None)
         )
         if lang is not None and q > best_q:
             best, best_q = lang, q

@@ -22,13 +22,13 @@ def parse_amount(text: str, decimals: int) -> int:
     match = _DECIMAL.fullmatch(text)
     if match is None:
         raise InvalidAmount(f"amount {text!r} is not a plain decimal number such as '1.25'")
-    negative, whole, fraction = match.group(1), match.group(2), (match.group(3) or "")
+    negative, whole, fraction = match.group(1), match.group(2).lstrip("0"), (match.group(3) or "")
     fraction = fraction.rstrip("0")
     if len(fraction) > decimals:
         raise InvalidAmount(f"amount {text!r} has more than {decimals} decimal places")
     if len(whole) > 80:
         raise InvalidAmount(f"amount {text!r} is too large")
-    base_units = int(whole) * 10**decimals + int(fraction.ljust(decimals, "0") or "0")
+    base_units: int = int(whole or "0") * 10**decimals + int(fraction.ljust(decimals, "0") or "0")
     if negative or base_units == 0:
         raise InvalidAmount(f"amount {text!r} must be greater than zero")
     if base_units > MAX_BASE_UNITS:

@@ -47,7 +47,7 @@ async def create_merchant(db: Database, name: str) -> Merchant:
 
 async def list_merchants(db: Database) -> list[Merchant]:
     async with UnitOfWork(db, write=False) as uow:
-        return [Merchant(row.id, row.name) for row in await uow.merchants.list()]
+        return [Merchant(row.id, row.name) for row in await uow.merchants.all()]
 
 
 async def create_api_key(db: Database, merchant_id: str, label: str = "") -> IssuedKey:

@@ -9,8 +9,8 @@ from datetime import datetime
 from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.repositories import Owner
-from depositd.db.uow import UnitOfWork
 from depositd.db.transient import retry_transient
+from depositd.db.uow import UnitOfWork
 from depositd.domain import deposits as machine
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import ChainRef, DepositState, Observation, ToAddress, ToUser
@@ -29,9 +29,7 @@ class Recorded:
     seq: int | None
 
 
-async def record_observation(
-    db: Database, assets: AssetBook, observation: Observation
-) -> Recorded:
+async def record_observation(db: Database, assets: AssetBook, observation: Observation) -> Recorded:
     """Record one observation in its own transaction."""
     (recorded,) = await record_observations(db, assets, [observation])
     return recorded
@@ -99,8 +97,15 @@ async def _record(
         transition = machine.decide(None, obs, assets[obs.asset])
         if transition is not None:
             owner = owners[index]
-            deposit = machine.first_sight(new_id("dep"), obs, owner.merchant_id, owner.user_id,
-                                          owner.external_id, transition, now)
+            deposit = machine.first_sight(
+                new_id("dep"),
+                obs,
+                owner.merchant_id,
+                owner.user_id,
+                owner.external_id,
+                transition,
+                now,
+            )
             first_seen[key] = (index, deposit, transition)
     inserted = await uow.deposits.insert_new(
         [deposit for _, deposit, _ in sorted(first_seen.values(), key=lambda f: f[1].ref.key)]
@@ -135,7 +140,8 @@ async def _record(
     seqs = await uow.events.append(batch.events, now)
     return [
         Recorded(
-            deposit=batch.states.get(obs.ref.key) if event_index is None
+            deposit=batch.states.get(obs.ref.key)
+            if event_index is None
             else batch.snapshots[event_index],
             changed=event_index is not None,
             seq=None if event_index is None else seqs[event_index],

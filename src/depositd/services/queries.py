@@ -54,7 +54,7 @@ async def list_deposits(
 ) -> Page[DepositState]:
     before = _decode_cursor("dep", cursor)
     async with UnitOfWork(db, write=False) as uow:
-        rows = await uow.deposits.list(where, before, limit + 1)
+        rows = await uow.deposits.page(where, before, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, _encode_cursor("dep", rows[-1].id) if more else None)
@@ -148,7 +148,7 @@ class Event:
 
 async def events_after(db: Database, merchant_id: str, after: int, limit: int) -> list[Event]:
     async with UnitOfWork(db, write=False) as uow:
-        rows = await uow.events.list(merchant_id, after, limit)
+        rows = await uow.events.after(merchant_id, after, limit)
     return [Event(row.seq, row.id, row.type, row.created_at, row.data) for row in rows]
 
 
@@ -178,7 +178,7 @@ async def audit_ledger(db: Database) -> LedgerAudit:
 
 def _gaps(seqs: Sequence[int]) -> list[int]:
     expected = 1
-    missing = []
+    missing: list[int] = []
     for seq in seqs:
         missing.extend(range(expected, seq))
         expected = seq + 1

@@ -1,0 +1,273 @@
+"""Configuration: a TOML file plus DEPOSITD_ environment overrides, refused with one clear line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from depositd.config import load_config
+from depositd.domain.assets import ConfirmationTier
+from depositd.errors import ConfigError
+
+ETHER = 10**18
+
+CHAINS = """
+[chains.mainnet]
+chain_id = 1
+block_time_seconds = 12.0
+"""
+
+ETH_ASSET = """
+[[assets]]
+code = "ETH"
+chain = "mainnet"
+symbol = "ETH"
+decimals = 18
+min_deposit = "0.01"
+confirmations = 12
+tiers = [{ min_amount = "100", confirmations = 64 }]
+"""
+
+USDT_ASSET = """
+[[assets]]
+code = "USDT"
+chain = "mainnet"
+symbol = "USDT"
+decimals = 6
+contract = "0xDAC17F958D2EE523A2206206994597C13D831EC7"
+min_deposit = "5"
+confirmations = 12
+"""
+
+SERVER = """
+[server]
+host = "10.0.0.5"
+port = 8080
+"""
+
+
+WriteConfig = Callable[[str], Path]
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> WriteConfig:
+    """Write a config file and return its path."""
+
+    def _write(text: str) -> Path:
+        path = tmp_path / "depositd.toml"
+        path.write_text(text)
+        return path
+
+    return _write
+
+
+def _refused(path: Path | None, environ: dict[str, str] | None = None) -> str:
+    """The one-line message ``load_config`` refuses this configuration with."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ or {})
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_embedded_defaults_load() -> None:
+    config = load_config(None, {})
+    assert config.server.port == 8000
+    assert config.server.host == "127.0.0.1"
+    assert config.database_url() == "sqlite:///var/depositd.db"
+    assets = config.asset_book()
+    assert sorted(assets) == ["ETH", "USDT"]
+    eth = assets["ETH"]
+    assert eth.min_deposit == 10**15
+    assert eth.tiers == (ConfirmationTier(10 * ETHER, 6),)
+    assert eth.required_confirmations(ETHER) == 3
+    assert eth.required_confirmations(10 * ETHER) == 6
+    assert eth.block_time_seconds == 1.0  # from [chains.anvil]
+    assert eth.contract is None
+    assert assets["USDT"].min_deposit == 10**6
+
+
+def test_a_config_file_loads(write: WriteConfig) -> None:
+    config = load_config(write(SERVER + CHAINS + ETH_ASSET + USDT_ASSET), {})
+    assert (config.server.host, config.server.port) == ("10.0.0.5", 8080)
+    assert config.server.max_body_bytes == 65536  # default for what the file leaves out
+    assets = config.asset_book()
+    assert assets["ETH"].min_deposit == 10**16
+    assert assets["ETH"].required_confirmations(100 * ETHER) == 64
+    assert assets["ETH"].block_time_seconds == 12.0
+    assert assets["USDT"].min_deposit == 5 * 10**6
+    assert assets["USDT"].contract == "0xdac17f958d2ee523a2206206994597c13d831ec7"
+
+
+def test_the_config_path_can_come_from_the_environment(write: WriteConfig) -> None:
+    path = write(SERVER)
+    assert load_config(None, {"DEPOSITD_CONFIG": str(path)}).server.port == 8080
+
+
+def test_an_environment_override_applies_over_the_defaults() -> None:
+    assert load_config(None, {"DEPOSITD_SERVER__PORT": "9000"}).server.port == 9000
+
+
+def test_an_environment_override_applies_over_the_file(write: WriteConfig) -> None:
+    environ = {"DEPOSITD_SERVER__PORT": "9000", "DEPOSITD_LOG_LEVEL": "debug"}
+    config = load_config(write(SERVER), environ)
+    assert config.server.port == 9000
+    assert config.server.host == "10.0.0.5"
+    assert config.log_level == "debug"
+
+
+def test_an_environment_override_can_add_a_chain(write: WriteConfig) -> None:
+    environ = {"DEPOSITD_CHAINS__MAINNET__CHAIN_ID": "1"}
+    config = load_config(write(ETH_ASSET), environ)
+    assert config.asset_book()["ETH"].chain == "mainnet"
+
+
+def test_other_environment_variables_are_ignored() -> None:
+    config = load_config(None, {"HOME": "/root", "DEPOSITD": "x", "SERVER__PORT": "abc"})
+    assert config.server.port == 8000
+
+
+def test_a_bad_value_from_the_environment_names_the_key() -> None:
+    message = _refused(None, {"DEPOSITD_SERVER__PORT": "abc"})
+    assert message.startswith("server.port: ")
+    assert "'abc'" in message
+
+
+def test_an_out_of_range_port_names_the_key() -> None:
+    assert _refused(None, {"DEPOSITD_SERVER__PORT": "70000"}).startswith("server.port: ")
+
+
+def test_a_bad_value_in_the_file_names_the_key(write: WriteConfig) -> None:
+    message = _refused(write('log_level = "loud"\n'))
+    assert message.startswith("log_level: ")
+
+
+def test_an_unknown_key_from_the_environment_is_refused_by_name() -> None:
+    assert _refused(None, {"DEPOSITD_SERVER__BOGUS": "1"}).startswith("server.bogus: ")
+    assert _refused(None, {"DEPOSITD_NOPE": "1"}).startswith("nope: ")
+
+
+def test_an_unknown_key_in_the_file_is_refused_by_name(write: WriteConfig) -> None:
+    assert _refused(write("[server]\nprot = 9000\n")).startswith("server.prot: ")
+
+
+def test_an_environment_name_that_is_not_a_key_is_refused() -> None:
+    message = _refused(None, {"DEPOSITD_SERVER__PO-RT": "1"})
+    assert "DEPOSITD_SERVER__PO-RT" in message
+
+
+def test_an_environment_override_below_a_plain_value_is_refused() -> None:
+    message = _refused(None, {"DEPOSITD_LOG_LEVEL__X": "1"})
+    assert "DEPOSITD_LOG_LEVEL__X" in message
+    assert "not a section" in message
+
+
+def test_a_password_in_the_files_database_url_is_refused(write: WriteConfig) -> None:
+    path = write('[database]\nurl = "postgresql://depositd:hunter2@db/depositd"\n')
+    message = _refused(path)
+    assert message.startswith("database.url: ")
+    assert "DEPOSITD_DATABASE__URL" in message  # says where it belongs instead
+    assert "hunter2" not in message
+
+
+def test_a_database_url_without_a_password_is_fine_in_the_file(write: WriteConfig) -> None:
+    path = write('[database]\nurl = "postgresql://depositd@db/depositd"\n')
+    assert load_config(path, {}).database_url() == "postgresql://depositd@db/depositd"
+
+
+def test_a_password_may_come_from_the_environment(write: WriteConfig) -> None:
+    url = "postgresql+asyncpg://depositd:hunter2@db/depositd"
+    config = load_config(write(SERVER), {"DEPOSITD_DATABASE__URL": url})
+    assert config.database_url() == url
+
+
+def test_the_database_url_file_is_read(write: WriteConfig, tmp_path: Path) -> None:
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://depositd:hunter2@db/depositd\n")
+    path = write(f'[database]\nurl = "sqlite:///ignored.db"\nurl_file = "{secret}"\n')
+    config = load_config(path, {})
+    assert config.database.url_file == secret
+    assert config.database_url() == "postgresql://depositd:hunter2@db/depositd"
+
+
+def test_the_database_url_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "db-url"
+    secret.write_text("sqlite:///from-file.db")
+    config = load_config(None, {"DEPOSITD_DATABASE__URL_FILE": str(secret)})
+    assert config.database_url() == "sqlite:///from-file.db"
+
+
+def test_an_unreadable_database_url_file_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^database\.url_file: cannot read it"):
+        load_config(None, {"DEPOSITD_DATABASE__URL_FILE": str(tmp_path / "missing")})
+
+
+def test_a_url_file_without_a_database_url_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("mysql://u:hunter2@db/x\n")
+    with pytest.raises(ConfigError, match=r"^database\.url_file: ") as refused:
+        load_config(None, {"DEPOSITD_DATABASE__URL_FILE": str(secret)})
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["mysql://depositd@db/depositd", "not a url"])
+def test_an_unsupported_database_url_is_refused(url: str) -> None:
+    assert _refused(None, {"DEPOSITD_DATABASE__URL": url}).startswith("database.url: ")
+
+
+def test_an_asset_on_a_missing_chain_is_refused(write: WriteConfig) -> None:
+    message = _refused(write(ETH_ASSET))
+    assert message.startswith("assets[0] (ETH).chain: ")
+    assert "[chains.mainnet]" in message
+
+
+@pytest.mark.parametrize("min_deposit", ["abc", "0", "-1", "0.0000000000000000001", "1e3"])
+def test_a_bad_min_deposit_is_refused_naming_the_asset(
+    write: WriteConfig, min_deposit: str
+) -> None:
+    text = CHAINS + USDT_ASSET + ETH_ASSET.replace('"0.01"', f'"{min_deposit}"')
+    message = _refused(write(text))
+    assert message.startswith("assets[1] (ETH): ")
+    assert repr(min_deposit) in message
+
+
+def test_a_bad_tier_amount_is_refused_naming_the_asset(write: WriteConfig) -> None:
+    text = CHAINS + ETH_ASSET.replace('min_amount = "100"', 'min_amount = "lots"')
+    assert _refused(write(text)).startswith("assets[0] (ETH): ")
+
+
+def test_duplicate_asset_codes_are_refused(write: WriteConfig) -> None:
+    assert _refused(write(CHAINS + ETH_ASSET + ETH_ASSET)).startswith("assets: ")
+
+
+def test_a_bad_contract_address_is_refused(write: WriteConfig) -> None:
+    text = CHAINS + USDT_ASSET.replace("0xDAC17F958D2EE523A2206206994597C13D831EC7", "0x12")
+    assert _refused(write(text)).startswith("assets.0.contract: ")
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    message = _refused(tmp_path / "nope.toml")
+    assert "nope.toml" in message
+
+
+def test_invalid_toml_is_refused_naming_the_file(write: WriteConfig) -> None:
+    path = write("[server\nport = 1\n")
+    assert str(path) in _refused(path)
+
+
+def test_a_database_key_that_is_not_a_table_is_refused_by_name(write: WriteConfig) -> None:
+    assert _refused(write('database = "sqlite:///x.db"\n')).startswith("database: ")
+
+
+def test_a_database_url_with_a_bad_port_in_the_file_is_refused_by_name(write: WriteConfig) -> None:
+    path = write('[database]\nurl = "postgresql://depositd@db:abc/depositd"\n')
+    assert _refused(path).startswith("database.url: ")
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://depositd:hunter2@db/depositd", "postgresql://depositd:hunter2@db:x/depositd"]
+)
+def test_a_refused_database_url_does_not_reveal_its_password(url: str) -> None:
+    assert "hunter2" not in _refused(None, {"DEPOSITD_DATABASE__URL": url})
