@@ -1,17 +1,22 @@
-"""Credited deposits per second through the engine, against a bare INSERT loop of the same rows.
+"""Credited deposits per second through the engine, against bare INSERT loops of the same rows.
 
-For each database engine, four timed runs on a fresh database:
+For each database engine, on a fresh database, each mode is timed three ways:
 
-  bare single     one deposit row INSERTed and committed per transaction
-  engine single   one observation (already deep enough to credit) per record_observation call
-  bare batched    the same rows, one executemany INSERT + commit per block
-  engine batched  one record_observations call per block
+  bare deposits   only the deposit rows, plain INSERTs (the narrowest floor)
+  bare all rows   every row the engine writes for a credited deposit — the deposit, its two
+                  ledger entries and its event — as plain INSERTs, no logic, no locks
+  engine          the observations (each already deep enough to credit) through
+                  record_observation / record_observations: state lookup with row locks,
+                  state machine, deposit row, ledger entries, balance upserts, the gap-free
+                  event counter, the event, the outbox fan-out
 
-The engine does far more than the bare loop (state lookup with row locks, deposit row, two
-ledger entries, two balance upserts, the event counter, the event, the outbox fan-out), so
-the ratio engine/bare says what that costs. Figures are only comparable within one run.
+Modes: "single" is one deposit per transaction, first with 1 writer, then with --writers
+concurrent tasks (as concurrent provider callbacks would be); "batched" is one transaction
+per block of --block deposits (as a chain watcher records a block). Ratios compare figures of
+the same run only; the machine is shared and noisy.
 
     .venv/bin/python bench/record.py [--single 2000] [--batched 20000] [--block 500]
+                                     [--writers 8] [--engines sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -32,24 +39,32 @@ from depositd.clock import utcnow
 from depositd.config import load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import upgrade
-from depositd.db.tables import deposits
+from depositd.db.tables import accounts, deposits, events, ledger_entries
+from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import ChainRef, Observation, ToAddress
 from depositd.ids import new_id
-from depositd.services import merchants, queries, users
-from depositd.services.observations import record_observation, record_observations
+from depositd.services import merchants, users
+from depositd.services.group_commit import Recorder
+from depositd.services.observations import record_observations
 
 CHAIN = "anvil"
 ADDRESS = "0x" + "ab" * 20
+#: (bare deposits, bare all rows, engine) in deposits per second, per mode
+Figures = dict[str, tuple[float, float, float]]
+Rows = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
 PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Workload:
-    """Fresh deposit identities and the matching bare rows."""
+    """Fresh deposit identities, and the rows the engine would write for them."""
 
-    def __init__(self, merchant_id: str, user_id: str) -> None:
+    def __init__(self, merchant_id: str, user_id: str, accounts: tuple[int, int]) -> None:
         self.merchant_id, self.user_id = merchant_id, user_id
+        self.user_account, self.external_account = accounts
         self.counter = 0
+        self.seq = 10**12  # far above the engine's own event seqs
 
     def observations(self, n: int) -> list[Observation]:
         out = []
@@ -68,14 +83,16 @@ class Workload:
             )
         return out
 
-    def rows(self, n: int) -> list[dict[str, object]]:
+    def rows(self, n: int) -> Rows:
+        """(deposit rows, ledger rows, event rows) for ``n`` new credited deposits."""
         now = utcnow()
-        out = []
+        deposit_rows, ledger_rows, event_rows = [], [], []
         for obs in self.observations(n):
             assert isinstance(obs.ref, ChainRef)
-            out.append(
+            deposit_id = new_id("dep")
+            deposit_rows.append(
                 {
-                    "id": new_id("dep"),
+                    "id": deposit_id,
                     "identity": obs.ref.key,
                     "merchant_id": self.merchant_id,
                     "user_id": self.user_id,
@@ -100,7 +117,34 @@ class Workload:
                     "updated_at": now,
                 }
             )
-        return out
+            for account, amount in (
+                (self.external_account, -obs.amount),
+                (self.user_account, obs.amount),
+            ):
+                ledger_rows.append(
+                    {
+                        "account_id": account,
+                        "deposit_id": deposit_id,
+                        "kind": "credit",
+                        "generation": 0,
+                        "amount": amount,
+                        "created_at": now,
+                    }
+                )
+            self.seq += 1
+            event_rows.append(
+                {
+                    "seq": self.seq,
+                    "id": new_id("evt"),
+                    "merchant_id": self.merchant_id,
+                    "type": "deposit.credited",
+                    "deposit_id": deposit_id,
+                    "version": 1,
+                    "data": {**deposit_rows[-1], "created_at": None, "updated_at": None},
+                    "created_at": now,
+                }
+            )
+        return deposit_rows, ledger_rows, event_rows
 
 
 async def timed(n: int, work: Callable[[], Awaitable[None]]) -> float:
@@ -109,89 +153,155 @@ async def timed(n: int, work: Callable[[], Awaitable[None]]) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def bench_engine(
-    db: Database, assets: AssetBook, single: int, batched: int, block: int
-) -> dict[str, float]:
+async def in_parallel(
+    writers: int, items: list[Any], work: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Run ``work`` over ``items`` with ``writers`` concurrent tasks."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(writers)))
+
+
+async def bench_engine(db: Database, assets: AssetBook, args: argparse.Namespace) -> Figures:
     await upgrade(db)
     merchant = await merchants.create_merchant(db, "bench")
     user, _ = await users.ensure_user(db, merchant.id, "u")
     await users.add_address(db, merchant.id, "u", CHAIN, ADDRESS)
-    load = Workload(merchant.id, user.id)
+    async with db.writer.begin() as conn:
+        result = await conn.execute(
+            accounts.insert().returning(accounts.c.id),
+            [
+                {
+                    "key": f"bench:{side}",
+                    "merchant_id": merchant.id,
+                    "user_id": None,
+                    "asset": "ETH",
+                    "side": side,
+                    "balance": 0,
+                }
+                for side in ("available", "external")
+            ],
+        )
+        account_ids = tuple(result.scalars())
+    load = Workload(merchant.id, user.id, (account_ids[0], account_ids[1]))
     # warm up pools and statement caches
     await record_observations(db, assets, load.observations(200))
 
-    async def bare_single() -> None:
-        for row in load.rows(single):
-            async with db.writer.begin() as conn:
-                await conn.execute(deposits.insert(), row)
+    async def insert(rows: Rows, everything: bool) -> None:
+        deposit_rows, ledger_rows, event_rows = rows
+        async with db.writer.begin() as conn:
+            await conn.execute(deposits.insert(), deposit_rows)
+            if everything:
+                await conn.execute(ledger_entries.insert(), ledger_rows)
+                await conn.execute(events.insert(), event_rows)
 
-    async def engine_single() -> None:
-        for obs in load.observations(single):
-            await record_observation(db, assets, obs)
+    async def insert_deposits(rows: Rows) -> None:
+        await insert(rows, everything=False)
 
-    async def bare_batched() -> None:
-        for _ in range(batched // block):
-            rows = load.rows(block)
-            async with db.writer.begin() as conn:
-                await conn.execute(deposits.insert(), rows)
+    async def insert_all(rows: Rows) -> None:
+        await insert(rows, everything=True)
 
-    async def engine_batched() -> None:
-        for _ in range(batched // block):
-            await record_observations(db, assets, load.observations(block))
+    async def record(observations: list[Observation]) -> None:
+        await record_observations(db, assets, observations)
 
-    figures = {
-        "bare single": await timed(single, bare_single),
-        "engine single": await timed(single, engine_single),
-        "bare batched": await timed(batched, bare_batched),
-        "engine batched": await timed(batched, engine_batched),
-    }
-    audit = await queries.audit_ledger(db)
-    assert audit.ok, "ledger audit failed after the benchmark"
+    recorder = Recorder(db, assets)
+
+    async def record_grouped(observations: list[Observation]) -> None:
+        for observation in observations:
+            await recorder.record(observation)
+
+    async def three_ways(
+        writers: int, per_txn: int, total: int, engine: Callable[[Any], Awaitable[None]] = record
+    ) -> tuple[float, float, float]:
+        txns = total // per_txn
+        bare_deposits = await timed(
+            total,
+            lambda: in_parallel(
+                writers, [load.rows(per_txn) for _ in range(txns)], insert_deposits
+            ),
+        )
+        bare_all = await timed(
+            total,
+            lambda: in_parallel(writers, [load.rows(per_txn) for _ in range(txns)], insert_all),
+        )
+        ours = await timed(
+            total,
+            lambda: in_parallel(writers, [load.observations(per_txn) for _ in range(txns)], engine),
+        )
+        return bare_deposits, bare_all, ours
+
+    figures: Figures = {}
+    for writers in (1, args.writers):
+        figures[f"single x{writers}"] = await three_ways(writers, 1, args.single)
+    figures[f"grouped x{args.writers}"] = await three_ways(
+        args.writers, 1, args.single, record_grouped
+    )
+    figures[f"batched {args.block}"] = await three_ways(1, args.block, args.batched)
+    async with UnitOfWork(db, write=False) as uow:  # the bare rows make other checks moot
+        assert not await uow.accounts.unbalanced_postings(), "unbalanced ledger postings"
     return figures
+
+
+@asynccontextmanager
+async def fresh_database(engine: str, pool_size: int) -> AsyncIterator[Database]:
+    """An empty database on ``engine``, removed afterwards."""
+    if engine == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
+            try:
+                yield db
+            finally:
+                await db.dispose()
+        return
+    admin = make_url(PG_URL)
+    name = f"depositd_bench_{uuid.uuid4().hex[:8]}"
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    db = Database(admin.set(database=name), pool_size=pool_size)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--single", type=int, default=2000)
-    parser.add_argument("--batched", type=int, default=20000)
-    parser.add_argument("--block", type=int, default=500)
+    parser.add_argument("--single", type=int, default=2000, help="deposits per single run")
+    parser.add_argument("--batched", type=int, default=20000, help="deposits in batched run")
+    parser.add_argument("--block", type=int, default=500, help="deposits per batch")
+    parser.add_argument("--writers", type=int, default=8, help="concurrent single writers")
     parser.add_argument("--engines", default="sqlite,postgresql")
     args = parser.parse_args()
     assets = load_config(environ={}).asset_book()
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, Figures] = {}
     for engine in args.engines.split(","):
-        if engine == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
-                try:
-                    results[engine] = await bench_engine(
-                        db, assets, args.single, args.batched, args.block
-                    )
-                finally:
-                    await db.dispose()
-        else:
-            admin = make_url(PG_URL)
-            name = f"depositd_bench_{uuid.uuid4().hex[:8]}"
-            dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-            conn = await asyncpg.connect(dsn)
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            await conn.close()
-            db = Database(admin.set(database=name))
-            try:
-                results[engine] = await bench_engine(
-                    db, assets, args.single, args.batched, args.block
-                )
-            finally:
-                await db.dispose()
-                conn = await asyncpg.connect(dsn)
-                await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-                await conn.close()
-    print(f"single: {args.single} deposits; batched: {args.batched} in blocks of {args.block}")
-    print(f"{'engine':<11} {'mode':<8} {'bare rows/s':>12} {'credited/s':>12} {'ratio':>7}")
+        async with fresh_database(engine, args.writers) as db:
+            results[engine] = await bench_engine(db, assets, args)
+            print(f"{engine}: done", flush=True)
+    print(
+        f"single: {args.single} deposits, one per transaction, 1 and {args.writers} writers;"
+        f" batched: {args.batched} deposits in blocks of {args.block}"
+    )
+    print("deposits/s; ratio = engine / bare (same run)")
+    print(
+        f"{'database':<11} {'mode':<12} {'bare deposits':>13} {'bare all rows':>13}"
+        f" {'engine':>8} {'vs all rows':>11} {'vs deposits':>11}"
+    )
     for engine, figures in results.items():
-        for mode in ("single", "batched"):
-            bare, ours = figures[f"bare {mode}"], figures[f"engine {mode}"]
-            print(f"{engine:<11} {mode:<8} {bare:>12,.0f} {ours:>12,.0f} {ours / bare:>7.0%}")
+        for mode, (bare_deposits, bare_all, ours) in figures.items():
+            print(
+                f"{engine:<11} {mode:<12} {bare_deposits:>13,.0f} {bare_all:>13,.0f}"
+                f" {ours:>8,.0f} {ours / bare_all:>11.0%} {ours / bare_deposits:>11.0%}"
+            )
 
 
 if __name__ == "__main__":

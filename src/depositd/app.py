@@ -17,6 +17,7 @@ from depositd.api.routes import router
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
+from depositd.services.group_commit import Recorder
 
 
 def create_app(config: Config, db: Database | None = None) -> FastAPI:
@@ -36,7 +37,8 @@ def create_app(config: Config, db: Database | None = None) -> FastAPI:
         summary="Credit every crypto deposit exactly once and tell everyone who needs to know.",
         lifespan=lifespan,
     )
-    app.state.ctx = AppContext(db=database, assets=config.asset_book())
+    assets = config.asset_book()
+    app.state.ctx = AppContext(db=database, assets=assets, recorder=Recorder(database, assets))
     problems.install(app)
     app.include_router(router)
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import time
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+# RFC 4648 base32 re-lettered into Crockford's alphabet (lower case), whose letters sort in
+# the same order as the values they stand for: ids sort by creation time.
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_id(prefix: str) -> str:
     """``prefix_`` + 26 base32 characters: 48 bits of milliseconds, then 80 random bits."""
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return f"{prefix}_{''.join(reversed(chars))}"
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"

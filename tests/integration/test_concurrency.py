@@ -6,7 +6,9 @@ import asyncio
 
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
+from depositd.errors import ObservationConflict
 from depositd.services import queries
+from depositd.services.group_commit import Recorder
 from depositd.services.observations import record_observation
 
 from .helpers import ETH, eth_transfer, merchant_with_user
@@ -54,4 +56,30 @@ async def test_concurrent_writers_of_different_deposits_keep_seq_gap_free(
         versions.setdefault(event.data["id"], []).append(event.data["version"])
     assert all(v == [1, 2, 3] for v in versions.values())
     assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == WRITERS * ETH
+    assert (await queries.audit_ledger(db)).ok
+
+
+async def test_group_commit_credits_once_and_isolates_a_bad_observation(
+    db: Database, assets: AssetBook
+) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    recorder = Recorder(db, assets)
+    good = [eth_transfer(address, tx, 12) for tx in range(30)]
+    duplicates = [eth_transfer(address, 0, 12) for _ in range(10)]
+    await record_observation(db, assets, eth_transfer(address, 99, 1))
+    conflicting = eth_transfer(address, 99, 12, amount=5 * ETH)  # recorded as 1 ETH
+
+    outcomes = await asyncio.gather(
+        *(recorder.record(obs) for obs in [*good, conflicting, *duplicates]),
+        return_exceptions=True,
+    )
+
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], ObservationConflict)
+    recorded = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert sum(r.changed for r in recorded) == 30
+    events = await queries.events_after(db, merchant_id, 0, 1000)
+    assert [e.type for e in events].count("deposit.credited") == 30
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 30 * ETH
     assert (await queries.audit_ledger(db)).ok

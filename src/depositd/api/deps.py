@@ -11,6 +11,7 @@ from depositd.api.problems import unauthorized
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
+from depositd.services.group_commit import Recorder
 from depositd.services.merchants import authenticate
 
 
@@ -18,6 +19,7 @@ from depositd.services.merchants import authenticate
 class AppContext:
     db: Database
     assets: AssetBook
+    recorder: Recorder
 
 
 def context(request: Request) -> AppContext:

@@ -30,7 +30,6 @@ from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, To
 from depositd.domain.money import format_amount, parse_amount
 from depositd.errors import NotFound
 from depositd.services import queries, users
-from depositd.services.observations import record_observation
 
 router = APIRouter(prefix="/v1")
 
@@ -153,7 +152,7 @@ async def post_observation(
         provider_status=body.status,
         confirmations=body.confirmations,
     )
-    recorded = await record_observation(ctx.db, ctx.assets, observation)
+    recorded = await ctx.recorder.record(observation)
     assert recorded.deposit is not None or not recorded.changed
     return ObservationOut(
         deposit=None

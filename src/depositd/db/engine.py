@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -29,6 +30,11 @@ class Database:
     """
 
     def __init__(self, url: str | URL, *, pool_size: int = 10) -> None:
+        #: who owns an address or external user id; such a mapping never changes once made,
+        #: so services may remember it for the life of this object
+        self.owner_cache: dict[tuple[str, ...], Any] = {}
+        self._driver_pool: asyncpg.Pool | None = None
+        self._pool_size = pool_size
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
@@ -53,7 +59,21 @@ class Database:
         """The URL with any password masked, for logs and messages."""
         return self.url.render_as_string(hide_password=True)
 
+    async def driver_pool(self) -> asyncpg.Pool:
+        """A plain asyncpg pool (PostgreSQL only) for the hot write path, made on first use.
+
+        SQLAlchemy's pool and greenlet bridge cost more per transaction than the recording
+        path's own statements; that path alone talks to asyncpg directly.
+        """
+        if self._driver_pool is None:
+            dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._driver_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self._pool_size)
+        return self._driver_pool
+
     async def dispose(self) -> None:
+        if self._driver_pool is not None:
+            await self._driver_pool.close()
+            self._driver_pool = None
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -168,35 +170,60 @@ class UserRepository:
         }
 
 
-def _deposit_from_row(row: Row[Any]) -> DepositState:
+def deposit_from_row(row: Mapping[Any, Any]) -> DepositState:
+    """A deposit from a row of ``deposits`` joined with the user's ``external_id``."""
     ref: ChainRef | ProviderRef
-    if row.chain is not None:
-        ref = ChainRef(row.chain, row.tx_hash, row.log_index)
+    if row["chain"] is not None:
+        ref = ChainRef(row["chain"], row["tx_hash"], row["log_index"])
     else:
-        ref = ProviderRef(row.merchant_id, row.provider, row.provider_deposit_id)
+        ref = ProviderRef(row["merchant_id"], row["provider"], row["provider_deposit_id"])
+    params = row["reason_params"]
     return DepositState(
-        id=row.id,
+        id=row["id"],
         ref=ref,
-        merchant_id=row.merchant_id,
-        user_id=row.user_id,
-        user_external_id=row.external_id,
-        asset=row.asset,
-        amount=row.amount,
-        status=DepositStatus(row.status),
-        confirmations=row.confirmations,
-        required_confirmations=row.required_confirmations,
-        block_hash=row.block_hash,
-        block_number=row.block_number,
-        tx_hash=row.tx_hash,
-        version=row.version,
-        credit_generation=row.credit_generation,
-        reason=Message(row.reason_code, row.reason_params),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        merchant_id=row["merchant_id"],
+        user_id=row["user_id"],
+        user_external_id=row["external_id"],
+        asset=row["asset"],
+        amount=int(row["amount"]),
+        status=DepositStatus(row["status"]),
+        confirmations=row["confirmations"],
+        required_confirmations=row["required_confirmations"],
+        block_hash=row["block_hash"],
+        block_number=row["block_number"],
+        tx_hash=row["tx_hash"],
+        version=row["version"],
+        credit_generation=row["credit_generation"],
+        reason=Message(
+            row["reason_code"], json.loads(params) if isinstance(params, str) else params
+        ),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
-def _deposit_values(deposit: DepositState) -> dict[str, Any]:
+def deposit_row(deposit: DepositState) -> dict[str, Any]:
+    """Every column of a new ``deposits`` row."""
+    ref = deposit.ref
+    return {
+        "id": deposit.id,
+        "identity": ref.key,
+        "merchant_id": deposit.merchant_id,
+        "user_id": deposit.user_id,
+        "asset": deposit.asset,
+        "amount": deposit.amount,
+        "source": f"chain:{ref.chain}" if isinstance(ref, ChainRef) else f"provider:{ref.provider}",
+        "chain": ref.chain if isinstance(ref, ChainRef) else None,
+        "tx_hash": deposit.tx_hash,
+        "log_index": ref.log_index if isinstance(ref, ChainRef) else None,
+        "provider": None if isinstance(ref, ChainRef) else ref.provider,
+        "provider_deposit_id": None if isinstance(ref, ChainRef) else ref.deposit_id,
+        "created_at": deposit.created_at,
+        **deposit_changes(deposit),
+    }
+
+
+def deposit_changes(deposit: DepositState) -> dict[str, Any]:
     return {
         "status": deposit.status.value,
         "confirmations": deposit.confirmations,
@@ -239,42 +266,18 @@ class DepositRepository:
             .with_for_update(of=deposits)
         )
         result = await self._conn.execute(stmt)
-        return {row.identity: _deposit_from_row(row) for row in result}
+        return {row.identity: deposit_from_row(row._mapping) for row in result}
 
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
         """Insert first sightings; returns the identities inserted (others raced us)."""
         if not new:
             return set()
-        rows = []
-        for deposit in new:
-            ref = deposit.ref
-            chain_ref = isinstance(ref, ChainRef)
-            rows.append(
-                {
-                    "id": deposit.id,
-                    "identity": ref.key,
-                    "merchant_id": deposit.merchant_id,
-                    "user_id": deposit.user_id,
-                    "asset": deposit.asset,
-                    "amount": deposit.amount,
-                    "source": f"chain:{ref.chain}"
-                    if isinstance(ref, ChainRef)
-                    else f"provider:{ref.provider}",
-                    "chain": ref.chain if isinstance(ref, ChainRef) else None,
-                    "tx_hash": deposit.tx_hash,
-                    "log_index": ref.log_index if isinstance(ref, ChainRef) else None,
-                    "provider": None if chain_ref else ref.provider,  # type: ignore[union-attr]
-                    "provider_deposit_id": None if chain_ref else ref.deposit_id,  # type: ignore[union-attr]
-                    "created_at": deposit.created_at,
-                    **_deposit_values(deposit),
-                }
-            )
         stmt = (
             _insert(self._conn, deposits)
             .on_conflict_do_nothing(index_elements=["identity"])
             .returning(deposits.c.identity)
         )
-        result = await self._conn.execute(stmt, rows)
+        result = await self._conn.execute(stmt, [deposit_row(deposit) for deposit in new])
         return set(result.scalars().all())
 
     async def update(self, changed: Sequence[DepositState]) -> None:
@@ -283,10 +286,10 @@ class DepositRepository:
         stmt = (
             update(deposits)
             .where(deposits.c.id == bindparam("b_id"))
-            .values({name: bindparam(name) for name in _deposit_values(changed[0])})
+            .values({name: bindparam(name) for name in deposit_changes(changed[0])})
         )
         await self._conn.execute(
-            stmt, [{"b_id": deposit.id, **_deposit_values(deposit)} for deposit in changed]
+            stmt, [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
         )
 
     async def get(self, merchant_id: str, deposit_id: str) -> DepositState | None:
@@ -296,7 +299,7 @@ class DepositRepository:
             )
         )
         row = result.first()
-        return None if row is None else _deposit_from_row(row)
+        return None if row is None else deposit_from_row(row._mapping)
 
     async def page(
         self, where: DepositFilter, before_id: str | None, limit: int
@@ -316,7 +319,7 @@ class DepositRepository:
         if before_id is not None:
             stmt = stmt.where(deposits.c.id < before_id)
         result = await self._conn.execute(stmt.order_by(deposits.c.id.desc()).limit(limit))
-        return [_deposit_from_row(row) for row in result]
+        return [deposit_from_row(row._mapping) for row in result]
 
 
 @dataclass(frozen=True)
@@ -346,13 +349,52 @@ class AccountAudit:
     summed: int
 
 
+_UPSERT_ACCOUNTS_SQLITE = (
+    sqlite_insert(accounts)
+    .on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            # exact decimal-text addition; see Amount and db.engine
+            "balance": func.big_add(
+                accounts.c.balance, sqlite_insert(accounts).excluded.balance, type_=Amount()
+            )
+        },
+    )
+    .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
+)
+
+#: balances and ledger entries for PostgreSQL in one statement (see AccountRepository.post)
+_POST_PG = text("""
+WITH moved AS (
+    INSERT INTO accounts (key, merchant_id, user_id, asset, side, balance)
+    SELECT * FROM unnest(
+        CAST(:keys AS text[]), CAST(:merchants AS text[]), CAST(:users AS text[]),
+        CAST(:assets AS text[]), CAST(:sides AS text[]), CAST(:deltas AS numeric[])
+    )
+    ON CONFLICT (key) DO UPDATE SET balance = accounts.balance + excluded.balance
+    RETURNING id, key
+)
+INSERT INTO ledger_entries (account_id, deposit_id, kind, generation, amount, created_at)
+SELECT moved.id, e.deposit_id, e.kind, e.generation, e.amount, CAST(:now AS timestamptz)
+FROM unnest(
+    CAST(:e_keys AS text[]), CAST(:e_deposits AS text[]), CAST(:e_kinds AS text[]),
+    CAST(:e_generations AS int[]), CAST(:e_amounts AS numeric[])
+) AS e(key, deposit_id, kind, generation, amount)
+JOIN moved ON moved.key = e.key
+""")
+
+
 class AccountRepository:
     def __init__(self, conn: AsyncConnection, *, sqlite: bool) -> None:
         self._conn = conn
         self._sqlite = sqlite
 
     async def post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
-        """Append ``(deposit_id, entry)`` rows and move each account's cached balance."""
+        """Append ``(deposit_id, entry)`` rows and move each account's cached balance.
+
+        Accounts are upserted in key order, a fixed lock order that keeps concurrent posters
+        free of deadlocks.
+        """
         if not postings:
             return
         deltas: dict[str, int] = defaultdict(int)
@@ -360,17 +402,37 @@ class AccountRepository:
         for _deposit_id, entry in postings:
             deltas[entry.account.key] += entry.amount
             account_of[entry.account.key] = entry
-        stmt = _insert(self._conn, accounts)
-        added = stmt.excluded.balance
-        new_balance = (
-            func.big_add(accounts.c.balance, added, type_=Amount())
-            if self._sqlite
-            else accounts.c.balance + added
+        keys = sorted(deltas)
+        if self._sqlite:
+            await self._post_sqlite(keys, deltas, account_of, postings, now)
+            return
+        # PostgreSQL: one round trip for the balances and the entries together
+        await self._conn.execute(
+            _POST_PG,
+            {
+                "keys": keys,
+                "merchants": [account_of[k].account.merchant_id for k in keys],
+                "users": [account_of[k].account.user_id for k in keys],
+                "assets": [account_of[k].account.asset for k in keys],
+                "sides": [account_of[k].account.side.value for k in keys],
+                "deltas": [Decimal(deltas[k]) for k in keys],
+                "e_keys": [entry.account.key for _, entry in postings],
+                "e_deposits": [deposit_id for deposit_id, _ in postings],
+                "e_kinds": [entry.kind.value for _, entry in postings],
+                "e_generations": [entry.generation for _, entry in postings],
+                "e_amounts": [Decimal(entry.amount) for _, entry in postings],
+                "now": now,
+            },
         )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key"], set_={"balance": new_balance}
-        ).returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
-        keys = sorted(deltas)  # a fixed lock order keeps concurrent posters deadlock-free
+
+    async def _post_sqlite(
+        self,
+        keys: list[str],
+        deltas: dict[str, int],
+        account_of: dict[str, Entry],
+        postings: Sequence[tuple[str, Entry]],
+        now: datetime,
+    ) -> None:
         rows = [
             {
                 "key": key,
@@ -382,7 +444,7 @@ class AccountRepository:
             }
             for key in keys
         ]
-        result = await self._conn.execute(stmt, rows)
+        result = await self._conn.execute(_UPSERT_ACCOUNTS_SQLITE, rows)
         ids = {row.key: row.id for row in result}
         await self._conn.execute(
             ledger_entries.insert(),
@@ -487,6 +549,72 @@ class AccountRepository:
         return [group for group, total in sums.items() if total != 0]
 
 
+_ADVANCE_COUNTER = (
+    update(event_counter)
+    .where(event_counter.c.id == 1)
+    .values(last_seq=event_counter.c.last_seq + bindparam("n"))
+    .returning(event_counter.c.last_seq)
+)
+
+#: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
+_QUEUE_DELIVERIES = deliveries.insert().from_select(
+    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
+    select(
+        endpoints.c.id,
+        events.c.seq,
+        literal("pending"),
+        literal(0),
+        bindparam("now", type_=deliveries.c.next_attempt_at.type),
+        bindparam("now", type_=deliveries.c.created_at.type),
+    )
+    .distinct()
+    .select_from(events)
+    .join(
+        endpoints,
+        and_(endpoints.c.merchant_id == events.c.merchant_id, endpoints.c.disabled_at.is_(None)),
+    )
+    .join(
+        endpoint_subscriptions,
+        and_(
+            endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
+            or_(
+                endpoint_subscriptions.c.event_type == events.c.type,
+                endpoint_subscriptions.c.event_type == "*",
+            ),
+        ),
+    )
+    .where(events.c.seq.between(bindparam("first"), bindparam("last"))),
+)
+
+#: the same three steps for PostgreSQL as one statement (see EventRepository.append)
+_APPEND_EVENTS_PG = text("""
+WITH counter AS (
+    UPDATE event_counter SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq
+), appended AS (
+    INSERT INTO events (seq, id, merchant_id, type, deposit_id, version, data, created_at)
+    SELECT counter.last_seq - :n + e.ord, e.id, e.merchant_id, e.type, e.deposit_id,
+           e.version, e.data::json, e.created
+    FROM counter, unnest(
+        CAST(:ids AS text[]), CAST(:merchants AS text[]), CAST(:types AS text[]),
+        CAST(:deposits AS text[]), CAST(:versions AS int[]), CAST(:datas AS text[]),
+        CAST(:created AS timestamptz[])
+    ) WITH ORDINALITY AS e(id, merchant_id, type, deposit_id, version, data, created, ord)
+    RETURNING seq, merchant_id, type
+), queued AS (
+    INSERT INTO deliveries (endpoint_id, event_seq, status, attempts, next_attempt_at,
+                            created_at)
+    SELECT DISTINCT endpoints.id, appended.seq, 'pending', 0,
+           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM appended
+    JOIN endpoints ON endpoints.merchant_id = appended.merchant_id
+                  AND endpoints.disabled_at IS NULL
+    JOIN endpoint_subscriptions ON endpoint_subscriptions.endpoint_id = endpoints.id
+                  AND endpoint_subscriptions.event_type IN (appended.type, '*')
+)
+SELECT last_seq FROM counter
+""")
+
+
 class EventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -500,12 +628,25 @@ class EventRepository:
         """
         if not pending:
             return []
-        result = await self._conn.execute(
-            update(event_counter)
-            .where(event_counter.c.id == 1)
-            .values(last_seq=event_counter.c.last_seq + len(pending))
-            .returning(event_counter.c.last_seq)
-        )
+        if self._conn.dialect.name != "sqlite":
+            # PostgreSQL: counter, events and outbox rows in one round trip
+            result = await self._conn.execute(
+                _APPEND_EVENTS_PG,
+                {
+                    "n": len(pending),
+                    "ids": [event.id for event in pending],
+                    "merchants": [event.merchant_id for event in pending],
+                    "types": [event.type for event in pending],
+                    "deposits": [event.deposit_id for event in pending],
+                    "versions": [event.version for event in pending],
+                    "datas": [json.dumps(event.data) for event in pending],
+                    "created": [event.created_at for event in pending],
+                    "now": now,
+                },
+            )
+            last = result.scalar_one()
+            return list(range(last - len(pending) + 1, last + 1))
+        result = await self._conn.execute(_ADVANCE_COUNTER, {"n": len(pending)})
         last = result.scalar_one()
         first = last - len(pending) + 1
         await self._conn.execute(
@@ -524,47 +665,8 @@ class EventRepository:
                 for offset, event in enumerate(pending)
             ],
         )
-        await self._queue_deliveries(first, last, now)
+        await self._conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
-
-    async def _queue_deliveries(self, first: int, last: int, now: datetime) -> None:
-        """One outbox row per (event, enabled endpoint of its merchant subscribed to it)."""
-        subscribed = (
-            select(
-                endpoints.c.id.label("endpoint_id"),
-                events.c.seq.label("event_seq"),
-                literal("pending").label("status"),
-                literal(0).label("attempts"),
-                literal(now, type_=deliveries.c.next_attempt_at.type).label("next_attempt_at"),
-                literal(now, type_=deliveries.c.created_at.type).label("created_at"),
-            )
-            .distinct()
-            .select_from(events)
-            .join(
-                endpoints,
-                and_(
-                    endpoints.c.merchant_id == events.c.merchant_id,
-                    endpoints.c.disabled_at.is_(None),
-                ),
-            )
-            .join(
-                endpoint_subscriptions,
-                and_(
-                    endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
-                    or_(
-                        endpoint_subscriptions.c.event_type == events.c.type,
-                        endpoint_subscriptions.c.event_type == "*",
-                    ),
-                ),
-            )
-            .where(events.c.seq.between(first, last))
-        )
-        await self._conn.execute(
-            deliveries.insert().from_select(
-                ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
-                subscribed,
-            )
-        )
 
     async def after(self, merchant_id: str, after: int, limit: int) -> Sequence[Row[Any]]:
         result = await self._conn.execute(

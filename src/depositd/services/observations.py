@@ -8,6 +8,7 @@ from datetime import datetime
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
+from depositd.db.recording import RecordingStore, open_recording
 from depositd.db.repositories import Owner
 from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
@@ -59,10 +60,12 @@ async def record_observations(
     if not observations:
         return []
 
+    owners = await _owners(db, observations)
+
     async def attempt() -> list[Recorded]:
-        async with UnitOfWork(db, write=True) as uow:
-            recorded = await _record(uow, assets, observations, clock())
-            await uow.commit()
+        async with open_recording(db) as store:
+            recorded = await _record(store, assets, observations, owners, clock())
+            await store.commit()
             return recorded
 
     return await retry_transient(attempt)
@@ -81,11 +84,14 @@ class _Batch:
 
 
 async def _record(
-    uow: UnitOfWork, assets: AssetBook, observations: Sequence[Observation], now: datetime
+    store: RecordingStore,
+    assets: AssetBook,
+    observations: Sequence[Observation],
+    owners: Sequence[Owner],
+    now: datetime,
 ) -> list[Recorded]:
-    owners = await _owners(uow, observations)
     identities = [obs.ref.key for obs in observations]
-    states = await uow.deposits.lock(identities)
+    states = await store.lock(identities)
 
     # First sightings are inserted up front: a concurrent writer inserting the same identity
     # makes ours conflict, and we then lock its committed row and treat it as known.
@@ -107,11 +113,11 @@ async def _record(
                 now,
             )
             first_seen[key] = (index, deposit, transition)
-    inserted = await uow.deposits.insert_new(
+    inserted = await store.insert_new(
         [deposit for _, deposit, _ in sorted(first_seen.values(), key=lambda f: f[1].ref.key)]
     )
     if raced := set(first_seen) - inserted:
-        states.update(await uow.deposits.lock(raced))
+        states.update(await store.lock(raced))
 
     batch = _Batch(states=states, dirty={}, postings=[], events=[], snapshots=[])
     changed_at: list[int | None] = []
@@ -135,9 +141,8 @@ async def _record(
         batch.states[key] = batch.dirty[key] = deposit
         changed_at.append(_note(batch, deposit, transition, assets))
 
-    await uow.deposits.update(list(batch.dirty.values()))
-    await uow.accounts.post(batch.postings, now)
-    seqs = await uow.events.append(batch.events, now)
+    await store.update(list(batch.dirty.values()))
+    seqs = await store.post_and_append(batch.postings, batch.events, now)
     return [
         Recorded(
             deposit=batch.states.get(obs.ref.key)
@@ -161,31 +166,47 @@ def _note(
     return len(batch.events) - 1
 
 
-async def _owners(uow: UnitOfWork, observations: Sequence[Observation]) -> list[Owner]:
-    """The owning user of each observation, looked up in one query per kind."""
-    by_user: dict[str, set[str]] = {}
-    by_address: set[tuple[str, str]] = set()
-    for obs in observations:
-        if isinstance(obs.owner, ToUser):
-            by_user.setdefault(obs.owner.merchant_id, set()).add(obs.owner.external_id)
-        else:
-            by_address.add((obs.owner.chain, obs.owner.address.lower()))
-    user_owners: dict[tuple[str, str], Owner] = {}
-    for merchant_id, external_ids in by_user.items():
-        found = await uow.users.owners_by_external_id(merchant_id, external_ids)
-        user_owners.update({(merchant_id, ext): owner for ext, owner in found.items()})
-    address_owners = await uow.users.owners_by_address(by_address) if by_address else {}
+async def _owners(db: Database, observations: Sequence[Observation]) -> list[Owner]:
+    """The owning user of each observation.
+
+    Addresses and external ids never change owner, so answers are remembered on ``db`` and
+    the write transaction does not pay for the lookup.
+    """
+    cache = db.owner_cache
+    keys = [_owner_key(obs.owner) for obs in observations]
+    missing = {key for key in keys if key not in cache}
+    if missing:
+        by_user: dict[str, set[str]] = {}
+        by_address: set[tuple[str, str]] = set()
+        for key in missing:
+            if key[0] == "user":
+                by_user.setdefault(key[1], set()).add(key[2])
+            else:
+                by_address.add((key[1], key[2]))
+        async with UnitOfWork(db, write=False) as uow:
+            for merchant_id, external_ids in by_user.items():
+                found = await uow.users.owners_by_external_id(merchant_id, external_ids)
+                cache.update({("user", merchant_id, ext): o for ext, o in found.items()})
+            if by_address:
+                located = await uow.users.owners_by_address(by_address)
+                cache.update({("address", *where): o for where, o in located.items()})
+        if len(cache) > _OWNER_CACHE_LIMIT:
+            cache.clear()
     owners = []
-    for obs in observations:
-        owner: Owner | None
-        if isinstance(obs.owner, ToUser):
-            owner = user_owners.get((obs.owner.merchant_id, obs.owner.external_id))
-            what = f"user {obs.owner.external_id!r}"
-        else:
-            assert isinstance(obs.owner, ToAddress)
-            owner = address_owners.get((obs.owner.chain, obs.owner.address.lower()))
-            what = f"address {obs.owner.address} on {obs.owner.chain}"
+    for obs, key in zip(observations, keys, strict=True):
+        owner = cache.get(key)
         if owner is None:
-            raise UnknownOwner(f"no {what}")
+            if isinstance(obs.owner, ToUser):
+                raise UnknownOwner(f"no user {obs.owner.external_id!r}")
+            raise UnknownOwner(f"no address {obs.owner.address} on {obs.owner.chain}")
         owners.append(owner)
     return owners
+
+
+_OWNER_CACHE_LIMIT = 200_000
+
+
+def _owner_key(owner: ToUser | ToAddress) -> tuple[str, str, str]:
+    if isinstance(owner, ToUser):
+        return ("user", owner.merchant_id, owner.external_id)
+    return ("address", owner.chain, owner.address.lower())
