@@ -37,3 +37,8 @@ fmt: install
 
 postgres:
 	@scripts/ensure-postgres
+
+## install the benchmark extras; then run a script under bench/ (see docs/benchmarks.md)
+bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	@ls bench/*.py | grep -v '/_' | sed 's|^|  $(BIN)/python |'
