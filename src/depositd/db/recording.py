@@ -1,7 +1,7 @@
 """The write path of recording observations: one transaction, tuned per engine.
 
 ``open_recording`` yields a ``RecordingStore`` whose transaction rolls back unless
-``commit()`` is called. On SQLite it runs the SQLAlchemy repositories on the single writer
+``commit()`` is called. On SQLite it runs SQLAlchemy Core statements on the single writer
 connection. On PostgreSQL — the scale-out target, where every round trip and every statement's
 client-side cost is paid by every deposit — it talks to asyncpg directly with set-based
 statements over arrays: one statement locks, one inserts, one updates, and one posts the
@@ -19,16 +19,24 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import asyncpg
+from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.engine import Database
-from depositd.db.repositories import (
-    AccountRepository,
-    DepositRepository,
-    EventRepository,
-    deposit_changes,
-    deposit_from_row,
-    deposit_row,
+from depositd.db.repositories import deposit_changes, deposit_from_row, deposit_row
+from depositd.db.tables import (
+    Amount,
+    accounts,
+    deliveries,
+    deposits,
+    endpoint_subscriptions,
+    endpoints,
+    event_counter,
+    ledger_entries,
+    users,
 )
+from depositd.db.tables import events as events_table
 from depositd.domain.deposits import DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
@@ -63,7 +71,7 @@ async def open_recording(db: Database) -> AsyncIterator[RecordingStore]:
     if db.is_sqlite:
         async with db.writer.connect() as conn, conn.begin():
             # leaving without commit() rolls back (conn.begin's context does it)
-            yield _SqlAlchemyStore(conn)
+            yield _SqliteStore(conn)
         return
     pool = await db.driver_pool()
     async with pool.acquire() as raw:
@@ -77,21 +85,98 @@ async def open_recording(db: Database) -> AsyncIterator[RecordingStore]:
                 await transaction.rollback()
 
 
-class _SqlAlchemyStore:
-    def __init__(self, conn: Any) -> None:
+_UPSERT_ACCOUNTS = (
+    sqlite_insert(accounts)
+    .on_conflict_do_update(
+        index_elements=["key"],
+        # exact decimal-text addition; see Amount and db.engine
+        set_={
+            "balance": func.big_add(
+                accounts.c.balance, sqlite_insert(accounts).excluded.balance, type_=Amount()
+            )
+        },
+    )
+    .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
+)
+
+_ADVANCE_COUNTER = (
+    update(event_counter)
+    .where(event_counter.c.id == 1)
+    .values(last_seq=event_counter.c.last_seq + bindparam("n"))
+    .returning(event_counter.c.last_seq)
+)
+
+#: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
+_QUEUE_DELIVERIES = deliveries.insert().from_select(
+    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
+    select(
+        endpoints.c.id,
+        events_table.c.seq,
+        literal("pending"),
+        literal(0),
+        bindparam("now", type_=deliveries.c.next_attempt_at.type),
+        bindparam("now", type_=deliveries.c.created_at.type),
+    )
+    .distinct()
+    .select_from(events_table)
+    .join(
+        endpoints,
+        and_(
+            endpoints.c.merchant_id == events_table.c.merchant_id, endpoints.c.disabled_at.is_(None)
+        ),
+    )
+    .join(
+        endpoint_subscriptions,
+        and_(
+            endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
+            or_(
+                endpoint_subscriptions.c.event_type == events_table.c.type,
+                endpoint_subscriptions.c.event_type == "*",
+            ),
+        ),
+    )
+    .where(events_table.c.seq.between(bindparam("first"), bindparam("last"))),
+)
+
+_LOCK_SQLITE = select(deposits, users.c.external_id).join(users, users.c.id == deposits.c.user_id)
+
+
+class _SqliteStore:
+    """SQLite: the single writer connection, in a ``BEGIN IMMEDIATE`` transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._deposits = DepositRepository(conn)
-        self._accounts = AccountRepository(conn, sqlite=True)
-        self._events = EventRepository(conn)
 
     async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
-        return await self._deposits.lock(identities)
+        # the write lock is already ours (BEGIN IMMEDIATE): reading is locking
+        result = await self._conn.execute(
+            _LOCK_SQLITE.where(deposits.c.identity.in_(sorted(set(identities))))
+        )
+        return {row.identity: deposit_from_row(row._mapping) for row in result}
 
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
-        return await self._deposits.insert_new(new)
+        if not new:
+            return set()
+        stmt = (
+            sqlite_insert(deposits)
+            .on_conflict_do_nothing(index_elements=["identity"])
+            .returning(deposits.c.identity)
+        )
+        result = await self._conn.execute(stmt, [deposit_row(deposit) for deposit in new])
+        return set(result.scalars().all())
 
     async def update(self, changed: Sequence[DepositState]) -> None:
-        await self._deposits.update(changed)
+        if not changed:
+            return
+        columns = deposit_changes(changed[0])
+        stmt = (
+            update(deposits)
+            .where(deposits.c.id == bindparam("b_id"))
+            .values({name: bindparam(name) for name in columns})
+        )
+        await self._conn.execute(
+            stmt, [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
+        )
 
     async def post_and_append(
         self,
@@ -99,11 +184,81 @@ class _SqlAlchemyStore:
         events: Sequence[PendingEvent],
         now: datetime,
     ) -> list[int]:
-        await self._accounts.post(postings, now)
-        return await self._events.append(events, now)
+        if postings:
+            await self._post(postings, now)
+        if not events:
+            return []
+        result = await self._conn.execute(_ADVANCE_COUNTER, {"n": len(events)})
+        last = result.scalar_one()
+        first = last - len(events) + 1
+        await self._conn.execute(
+            events_table.insert(),
+            [
+                {
+                    "seq": first + offset,
+                    "id": event.id,
+                    "merchant_id": event.merchant_id,
+                    "type": event.type,
+                    "deposit_id": event.deposit_id,
+                    "version": event.version,
+                    "data": event.data,
+                    "created_at": event.created_at,
+                }
+                for offset, event in enumerate(events)
+            ],
+        )
+        await self._conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
+        return list(range(first, last + 1))
+
+    async def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
+        keys, deltas, entry_of = _balance_moves(postings)
+        result = await self._conn.execute(
+            _UPSERT_ACCOUNTS,
+            [
+                {
+                    "key": key,
+                    "merchant_id": entry_of[key].account.merchant_id,
+                    "user_id": entry_of[key].account.user_id,
+                    "asset": entry_of[key].account.asset,
+                    "side": entry_of[key].account.side.value,
+                    "balance": deltas[key],
+                }
+                for key in keys
+            ],
+        )
+        ids = {row.key: row.id for row in result}
+        await self._conn.execute(
+            ledger_entries.insert(),
+            [
+                {
+                    "account_id": ids[entry.account.key],
+                    "deposit_id": deposit_id,
+                    "kind": entry.kind.value,
+                    "generation": entry.generation,
+                    "amount": entry.amount,
+                    "created_at": now,
+                }
+                for deposit_id, entry in postings
+            ],
+        )
 
     async def commit(self) -> None:
         await self._conn.commit()
+
+
+def _balance_moves(
+    postings: Sequence[tuple[str, Entry]],
+) -> tuple[list[str], dict[str, int], dict[str, Entry]]:
+    """Account keys in lock order, the net change of each, and an entry naming each account.
+
+    Every writer upserts accounts in key order, which keeps concurrent posters deadlock-free.
+    """
+    deltas: dict[str, int] = defaultdict(int)
+    entry_of: dict[str, Entry] = {}
+    for _deposit_id, entry in postings:
+        deltas[entry.account.key] += entry.amount
+        entry_of[entry.account.key] = entry
+    return sorted(deltas), deltas, entry_of
 
 
 _LOCK = """
@@ -267,12 +422,7 @@ class _PostgresStore:
         if not events:
             assert not postings, "ledger postings always come with an event"
             return []
-        deltas: dict[str, int] = defaultdict(int)
-        entry_of: dict[str, Entry] = {}
-        for _deposit_id, entry in postings:
-            deltas[entry.account.key] += entry.amount
-            entry_of[entry.account.key] = entry
-        keys = sorted(deltas)  # a fixed lock order keeps concurrent posters deadlock-free
+        keys, deltas, entry_of = _balance_moves(postings)
         accounts = [entry_of[key].account for key in keys]
         last = await self._conn.fetchval(
             _POST_AND_APPEND,

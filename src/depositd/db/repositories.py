@@ -7,16 +7,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, text, tuple_, update
+from sqlalchemy import Row, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.tables import (
-    Amount,
     accounts,
     addresses,
     api_keys,
@@ -24,15 +22,12 @@ from depositd.db.tables import (
     deposits,
     endpoint_subscriptions,
     endpoints,
-    event_counter,
     events,
     ledger_entries,
     merchants,
     users,
 )
 from depositd.domain.deposits import ChainRef, DepositState, DepositStatus, ProviderRef
-from depositd.domain.events import PendingEvent
-from depositd.domain.ledger import Entry
 from depositd.domain.messages import Message
 
 
@@ -257,41 +252,6 @@ class DepositRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
-        """Load and row-lock the deposits with these identities (in a fixed order)."""
-        wanted = sorted(set(identities))
-        stmt = (
-            _DEPOSIT_WITH_USER.where(deposits.c.identity.in_(wanted))
-            .order_by(deposits.c.identity)
-            .with_for_update(of=deposits)
-        )
-        result = await self._conn.execute(stmt)
-        return {row.identity: deposit_from_row(row._mapping) for row in result}
-
-    async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
-        """Insert first sightings; returns the identities inserted (others raced us)."""
-        if not new:
-            return set()
-        stmt = (
-            _insert(self._conn, deposits)
-            .on_conflict_do_nothing(index_elements=["identity"])
-            .returning(deposits.c.identity)
-        )
-        result = await self._conn.execute(stmt, [deposit_row(deposit) for deposit in new])
-        return set(result.scalars().all())
-
-    async def update(self, changed: Sequence[DepositState]) -> None:
-        if not changed:
-            return
-        stmt = (
-            update(deposits)
-            .where(deposits.c.id == bindparam("b_id"))
-            .values({name: bindparam(name) for name in deposit_changes(changed[0])})
-        )
-        await self._conn.execute(
-            stmt, [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
-        )
-
     async def get(self, merchant_id: str, deposit_id: str) -> DepositState | None:
         result = await self._conn.execute(
             _DEPOSIT_WITH_USER.where(
@@ -349,117 +309,9 @@ class AccountAudit:
     summed: int
 
 
-_UPSERT_ACCOUNTS_SQLITE = (
-    sqlite_insert(accounts)
-    .on_conflict_do_update(
-        index_elements=["key"],
-        set_={
-            # exact decimal-text addition; see Amount and db.engine
-            "balance": func.big_add(
-                accounts.c.balance, sqlite_insert(accounts).excluded.balance, type_=Amount()
-            )
-        },
-    )
-    .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
-)
-
-#: balances and ledger entries for PostgreSQL in one statement (see AccountRepository.post)
-_POST_PG = text("""
-WITH moved AS (
-    INSERT INTO accounts (key, merchant_id, user_id, asset, side, balance)
-    SELECT * FROM unnest(
-        CAST(:keys AS text[]), CAST(:merchants AS text[]), CAST(:users AS text[]),
-        CAST(:assets AS text[]), CAST(:sides AS text[]), CAST(:deltas AS numeric[])
-    )
-    ON CONFLICT (key) DO UPDATE SET balance = accounts.balance + excluded.balance
-    RETURNING id, key
-)
-INSERT INTO ledger_entries (account_id, deposit_id, kind, generation, amount, created_at)
-SELECT moved.id, e.deposit_id, e.kind, e.generation, e.amount, CAST(:now AS timestamptz)
-FROM unnest(
-    CAST(:e_keys AS text[]), CAST(:e_deposits AS text[]), CAST(:e_kinds AS text[]),
-    CAST(:e_generations AS int[]), CAST(:e_amounts AS numeric[])
-) AS e(key, deposit_id, kind, generation, amount)
-JOIN moved ON moved.key = e.key
-""")
-
-
 class AccountRepository:
-    def __init__(self, conn: AsyncConnection, *, sqlite: bool) -> None:
+    def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._sqlite = sqlite
-
-    async def post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
-        """Append ``(deposit_id, entry)`` rows and move each account's cached balance.
-
-        Accounts are upserted in key order, a fixed lock order that keeps concurrent posters
-        free of deadlocks.
-        """
-        if not postings:
-            return
-        deltas: dict[str, int] = defaultdict(int)
-        account_of: dict[str, Entry] = {}
-        for _deposit_id, entry in postings:
-            deltas[entry.account.key] += entry.amount
-            account_of[entry.account.key] = entry
-        keys = sorted(deltas)
-        if self._sqlite:
-            await self._post_sqlite(keys, deltas, account_of, postings, now)
-            return
-        # PostgreSQL: one round trip for the balances and the entries together
-        await self._conn.execute(
-            _POST_PG,
-            {
-                "keys": keys,
-                "merchants": [account_of[k].account.merchant_id for k in keys],
-                "users": [account_of[k].account.user_id for k in keys],
-                "assets": [account_of[k].account.asset for k in keys],
-                "sides": [account_of[k].account.side.value for k in keys],
-                "deltas": [Decimal(deltas[k]) for k in keys],
-                "e_keys": [entry.account.key for _, entry in postings],
-                "e_deposits": [deposit_id for deposit_id, _ in postings],
-                "e_kinds": [entry.kind.value for _, entry in postings],
-                "e_generations": [entry.generation for _, entry in postings],
-                "e_amounts": [Decimal(entry.amount) for _, entry in postings],
-                "now": now,
-            },
-        )
-
-    async def _post_sqlite(
-        self,
-        keys: list[str],
-        deltas: dict[str, int],
-        account_of: dict[str, Entry],
-        postings: Sequence[tuple[str, Entry]],
-        now: datetime,
-    ) -> None:
-        rows = [
-            {
-                "key": key,
-                "merchant_id": account_of[key].account.merchant_id,
-                "user_id": account_of[key].account.user_id,
-                "asset": account_of[key].account.asset,
-                "side": account_of[key].account.side.value,
-                "balance": deltas[key],
-            }
-            for key in keys
-        ]
-        result = await self._conn.execute(_UPSERT_ACCOUNTS_SQLITE, rows)
-        ids = {row.key: row.id for row in result}
-        await self._conn.execute(
-            ledger_entries.insert(),
-            [
-                {
-                    "account_id": ids[entry.account.key],
-                    "deposit_id": deposit_id,
-                    "kind": entry.kind.value,
-                    "generation": entry.generation,
-                    "amount": entry.amount,
-                    "created_at": now,
-                }
-                for deposit_id, entry in postings
-            ],
-        )
 
     async def balances(self, user_id: str) -> list[Balance]:
         result = await self._conn.execute(
@@ -549,124 +401,9 @@ class AccountRepository:
         return [group for group, total in sums.items() if total != 0]
 
 
-_ADVANCE_COUNTER = (
-    update(event_counter)
-    .where(event_counter.c.id == 1)
-    .values(last_seq=event_counter.c.last_seq + bindparam("n"))
-    .returning(event_counter.c.last_seq)
-)
-
-#: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
-_QUEUE_DELIVERIES = deliveries.insert().from_select(
-    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
-    select(
-        endpoints.c.id,
-        events.c.seq,
-        literal("pending"),
-        literal(0),
-        bindparam("now", type_=deliveries.c.next_attempt_at.type),
-        bindparam("now", type_=deliveries.c.created_at.type),
-    )
-    .distinct()
-    .select_from(events)
-    .join(
-        endpoints,
-        and_(endpoints.c.merchant_id == events.c.merchant_id, endpoints.c.disabled_at.is_(None)),
-    )
-    .join(
-        endpoint_subscriptions,
-        and_(
-            endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
-            or_(
-                endpoint_subscriptions.c.event_type == events.c.type,
-                endpoint_subscriptions.c.event_type == "*",
-            ),
-        ),
-    )
-    .where(events.c.seq.between(bindparam("first"), bindparam("last"))),
-)
-
-#: the same three steps for PostgreSQL as one statement (see EventRepository.append)
-_APPEND_EVENTS_PG = text("""
-WITH counter AS (
-    UPDATE event_counter SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq
-), appended AS (
-    INSERT INTO events (seq, id, merchant_id, type, deposit_id, version, data, created_at)
-    SELECT counter.last_seq - :n + e.ord, e.id, e.merchant_id, e.type, e.deposit_id,
-           e.version, e.data::json, e.created
-    FROM counter, unnest(
-        CAST(:ids AS text[]), CAST(:merchants AS text[]), CAST(:types AS text[]),
-        CAST(:deposits AS text[]), CAST(:versions AS int[]), CAST(:datas AS text[]),
-        CAST(:created AS timestamptz[])
-    ) WITH ORDINALITY AS e(id, merchant_id, type, deposit_id, version, data, created, ord)
-    RETURNING seq, merchant_id, type
-), queued AS (
-    INSERT INTO deliveries (endpoint_id, event_seq, status, attempts, next_attempt_at,
-                            created_at)
-    SELECT DISTINCT endpoints.id, appended.seq, 'pending', 0,
-           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
-    FROM appended
-    JOIN endpoints ON endpoints.merchant_id = appended.merchant_id
-                  AND endpoints.disabled_at IS NULL
-    JOIN endpoint_subscriptions ON endpoint_subscriptions.endpoint_id = endpoints.id
-                  AND endpoint_subscriptions.event_type IN (appended.type, '*')
-)
-SELECT last_seq FROM counter
-""")
-
-
 class EventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-
-    async def append(self, pending: Sequence[PendingEvent], now: datetime) -> list[int]:
-        """Give the events the next ``seq`` numbers, store them, and queue their deliveries.
-
-        The counter row stays locked until commit, so events become visible in ``seq`` order
-        and a reader paging with ``after=<seq>`` never skips one committed late. Call this
-        last in a unit of work: the lock is held from here to commit.
-        """
-        if not pending:
-            return []
-        if self._conn.dialect.name != "sqlite":
-            # PostgreSQL: counter, events and outbox rows in one round trip
-            result = await self._conn.execute(
-                _APPEND_EVENTS_PG,
-                {
-                    "n": len(pending),
-                    "ids": [event.id for event in pending],
-                    "merchants": [event.merchant_id for event in pending],
-                    "types": [event.type for event in pending],
-                    "deposits": [event.deposit_id for event in pending],
-                    "versions": [event.version for event in pending],
-                    "datas": [json.dumps(event.data) for event in pending],
-                    "created": [event.created_at for event in pending],
-                    "now": now,
-                },
-            )
-            last = result.scalar_one()
-            return list(range(last - len(pending) + 1, last + 1))
-        result = await self._conn.execute(_ADVANCE_COUNTER, {"n": len(pending)})
-        last = result.scalar_one()
-        first = last - len(pending) + 1
-        await self._conn.execute(
-            events.insert(),
-            [
-                {
-                    "seq": first + offset,
-                    "id": event.id,
-                    "merchant_id": event.merchant_id,
-                    "type": event.type,
-                    "deposit_id": event.deposit_id,
-                    "version": event.version,
-                    "data": event.data,
-                    "created_at": event.created_at,
-                }
-                for offset, event in enumerate(pending)
-            ],
-        )
-        await self._conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
-        return list(range(first, last + 1))
 
     async def after(self, merchant_id: str, after: int, limit: int) -> Sequence[Row[Any]]:
         result = await self._conn.execute(

@@ -38,11 +38,10 @@ class UnitOfWork:
             await conn.close()
             raise
         self._conn = conn
-        sqlite = self._db.is_sqlite
         self.merchants = MerchantRepository(conn)
         self.users = UserRepository(conn)
         self.deposits = DepositRepository(conn)
-        self.accounts = AccountRepository(conn, sqlite=sqlite)
+        self.accounts = AccountRepository(conn)
         self.events = EventRepository(conn)
         self.endpoints = EndpointRepository(conn)
         return self
