@@ -240,3 +240,20 @@ async def test_another_merchants_ids_are_not_found(alice: Tenant, other_tenant: 
 
 async def test_unknown_route_is_a_problem(alice: Tenant) -> None:
     assert_problem(await alice.client.get("/v1/nothing-here"), 404, "not-found")
+
+
+async def test_a_time_filter_without_offset(alice: Tenant) -> None:
+    response = await alice.client.get("/v1/deposits", params={"created_from": "2026-01-01T00:00"})
+    body = assert_problem(response, 422, "validation-error")
+    assert body["errors"][0]["field"] == "query.created_from"
+
+
+async def test_time_filters(alice: Tenant) -> None:
+    await alice.client.post("/v1/observations", json=observation())
+    past, future = "2000-01-01T00:00:00Z", "2999-01-01T00:00:00+08:00"
+    found = await alice.client.get(
+        "/v1/deposits", params={"created_from": past, "created_to": future}
+    )
+    assert len(found.json()["data"]) == 1
+    none = await alice.client.get("/v1/deposits", params={"created_from": future})
+    assert none.json()["data"] == []

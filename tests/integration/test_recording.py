@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
-from depositd.db.tables import endpoints
+from depositd.db.tables import endpoints, ledger_entries
 from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import DepositStatus
@@ -161,3 +162,18 @@ async def test_failed_batch_leaves_nothing_behind(db: Database, assets: AssetBoo
     assert await queries.user_balances(db, merchant_id, "alice") == []
     # and the cursor did not move: the next event is still seq 1
     assert (await record_observation(db, assets, good)).seq == 1
+
+
+async def test_the_database_refuses_to_edit_or_delete_ledger_entries(
+    db: Database, assets: AssetBook
+) -> None:
+    _merchant_id, address = await merchant_with_user(db)
+    await record_observation(db, assets, eth_transfer(address, 1, 3))
+    for statement in (
+        ledger_entries.update().values(amount=1),
+        ledger_entries.delete(),
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with db.writer.begin() as conn:
+                await conn.execute(statement)
+    assert (await queries.audit_ledger(db)).ok

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from depositd.errors import Conflict, IllegalTransition, InputError, NotFound
+
+log = structlog.get_logger("depositd.api")
 
 PROBLEM_BASE = "urn:depositd:problem:"
 MEDIA_TYPE = "application/problem+json"
@@ -91,7 +94,9 @@ def _conflict(request: Request, exc: Exception) -> JSONResponse:
     return Problem(409, "conflict", "Conflict", str(exc)).response(request)
 
 
-def _illegal(request: Request, exc: Exception) -> JSONResponse:
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    """A bug or an outage: log it with its traceback, answer without details."""
+    log.error("unhandled error", path=request.url.path, exc_info=exc)
     return Problem(500, "internal-error", "Internal error").response(request)
 
 
@@ -113,5 +118,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InputError, _input)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
-    app.add_exception_handler(IllegalTransition, _illegal)
+    app.add_exception_handler(IllegalTransition, _internal)
+    app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(StarletteHTTPException, _http)

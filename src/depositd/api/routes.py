@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import AwareDatetime
 
 from depositd.api.deps import Context, Language, MerchantId
 from depositd.api.schemas import (
@@ -86,8 +86,8 @@ async def list_deposits(
     status_: Annotated[DepositStatus | None, Query(alias="status")] = None,
     user: Annotated[str | None, Query(pattern=EXTERNAL_ID, description="external_id")] = None,
     asset: Annotated[str | None, Query(max_length=40)] = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: Annotated[AwareDatetime | None, Query(description="with a UTC offset")] = None,
+    created_to: Annotated[AwareDatetime | None, Query(description="with a UTC offset")] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> DepositPage:
