@@ -1,0 +1,74 @@
+"""`depositd dev` as `make dev` runs it: a real server process on a real port."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITD_")}
+    with subprocess.Popen(  # noqa: S603 - our own command
+        [sys.executable, "-m", "depositd.cli", "dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            key = _use_as_printed(server, port)
+        finally:
+            server.terminate()
+            _, stderr = server.communicate(timeout=15)
+    assert (tmp_path / "var" / "depositd.db").exists()
+    assert "Application startup complete" in stderr
+    assert key not in stderr  # the key is shown to the operator, never logged
+
+
+def _use_as_printed(server: subprocess.Popen[str], port: int) -> str:
+    """Follow the printed examples against the running server; returns the printed key."""
+    assert server.stdout is not None
+    printed = ""
+    deadline = time.monotonic() + 30
+    while "API reference" not in printed and time.monotonic() < deadline:
+        printed += server.stdout.readline()
+    match = re.search(r"dpk_[A-Za-z0-9_-]+", printed)
+    assert match, printed
+    headers = {"Authorization": f"Bearer {match.group(0)}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=5) as client:
+        for _ in range(100):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert client.post("/v1/users", json={"external_id": "alice"}).status_code == 201
+        deposit = {
+            "provider": "demo",
+            "provider_deposit_id": "dep-1",
+            "user": "alice",
+            "asset": "USDT",
+            "amount": "25.5",
+            "status": "succeeded",
+        }
+        credited = client.post("/v1/observations", json=deposit)
+        assert credited.json()["deposit"]["status"] == "credited"
+        balances = client.get("/v1/users/alice/balances").json()["balances"]
+        assert balances[0]["available"] == "25.5"
+    return match.group(0)
