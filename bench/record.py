@@ -49,7 +49,12 @@ from depositd.services.group_commit import Recorder
 from depositd.services.observations import record_observations
 
 CHAIN = "anvil"
-ADDRESS = "0x" + "ab" * 20
+
+
+def address_of(user: int) -> str:
+    return f"0x{user:040x}"
+
+
 #: (bare deposits, bare all rows, engine) in deposits per second, per mode
 Figures = dict[str, tuple[float, float, float]]
 Rows = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
@@ -60,8 +65,8 @@ PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:54
 class Workload:
     """Fresh deposit identities, and the rows the engine would write for them."""
 
-    def __init__(self, merchant_id: str, user_id: str, accounts: tuple[int, int]) -> None:
-        self.merchant_id, self.user_id = merchant_id, user_id
+    def __init__(self, merchant_id: str, user_ids: list[str], accounts: tuple[int, int]) -> None:
+        self.merchant_id, self.user_ids = merchant_id, user_ids
         self.user_account, self.external_account = accounts
         self.counter = 0
         self.seq = 10**12  # far above the engine's own event seqs
@@ -73,7 +78,7 @@ class Workload:
             out.append(
                 Observation(
                     ref=ChainRef(CHAIN, f"0x{self.counter:064x}", 0),
-                    owner=ToAddress(CHAIN, ADDRESS),
+                    owner=ToAddress(CHAIN, address_of(self.counter % len(self.user_ids))),
                     asset="ETH",
                     amount=10**18,
                     confirmations=12,
@@ -89,13 +94,14 @@ class Workload:
         deposit_rows, ledger_rows, event_rows = [], [], []
         for obs in self.observations(n):
             assert isinstance(obs.ref, ChainRef)
+            assert isinstance(obs.owner, ToAddress)
             deposit_id = new_id("dep")
             deposit_rows.append(
                 {
                     "id": deposit_id,
                     "identity": obs.ref.key,
                     "merchant_id": self.merchant_id,
-                    "user_id": self.user_id,
+                    "user_id": self.user_ids[int(obs.owner.address, 16)],
                     "asset": "ETH",
                     "amount": obs.amount,
                     "source": "chain:anvil",
@@ -169,8 +175,11 @@ async def in_parallel(
 async def bench_engine(db: Database, assets: AssetBook, args: argparse.Namespace) -> Figures:
     await upgrade(db)
     merchant = await merchants.create_merchant(db, "bench")
-    user, _ = await users.ensure_user(db, merchant.id, "u")
-    await users.add_address(db, merchant.id, "u", CHAIN, ADDRESS)
+    user_ids = []
+    for n in range(args.users):
+        user, _ = await users.ensure_user(db, merchant.id, f"u{n}")
+        await users.add_address(db, merchant.id, f"u{n}", CHAIN, address_of(n))
+        user_ids.append(user.id)
     async with db.writer.begin() as conn:
         result = await conn.execute(
             accounts.insert().returning(accounts.c.id),
@@ -187,7 +196,7 @@ async def bench_engine(db: Database, assets: AssetBook, args: argparse.Namespace
             ],
         )
         account_ids = tuple(result.scalars())
-    load = Workload(merchant.id, user.id, (account_ids[0], account_ids[1]))
+    load = Workload(merchant.id, user_ids, (account_ids[0], account_ids[1]))
     # warm up pools and statement caches
     await record_observations(db, assets, load.observations(200))
 
@@ -279,6 +288,7 @@ async def main() -> None:
     parser.add_argument("--batched", type=int, default=20000, help="deposits in batched run")
     parser.add_argument("--block", type=int, default=500, help="deposits per batch")
     parser.add_argument("--writers", type=int, default=8, help="concurrent single writers")
+    parser.add_argument("--users", type=int, default=100, help="deposits spread over N users")
     parser.add_argument("--engines", default="sqlite,postgresql")
     args = parser.parse_args()
     assets = load_config(environ={}).asset_book()

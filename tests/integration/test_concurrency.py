@@ -83,3 +83,23 @@ async def test_group_commit_credits_once_and_isolates_a_bad_observation(
     assert [e.type for e in events].count("deposit.credited") == 30
     assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 30 * ETH
     assert (await queries.audit_ledger(db)).ok
+
+
+async def test_concurrent_first_credits_of_a_new_merchant(db: Database, assets: AssetBook) -> None:
+    # the merchant's external account does not exist yet: every writer tries to open it
+    merchant_id, address = await merchant_with_user(db)
+    start = asyncio.Event()
+
+    async def writer(tx: int) -> None:
+        await start.wait()
+        await record_observation(db, assets, eth_transfer(address, tx, 12))
+
+    tasks = [asyncio.create_task(writer(tx)) for tx in range(WRITERS)]
+    await asyncio.sleep(0.05)
+    start.set()
+    await asyncio.gather(*tasks)
+    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == WRITERS * ETH
+    audit = await queries.audit_ledger(db)
+    assert audit.ok, audit
+    external = [a for a in audit.accounts if a.key.endswith(":external")]
+    assert [(a.cached, a.summed) for a in external] == [(None, -WRITERS * ETH)]

@@ -37,6 +37,7 @@ from depositd.db.tables import (
     users,
 )
 from depositd.db.tables import events as events_table
+from depositd.db.transient import RetryTransaction
 from depositd.domain.deposits import DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
@@ -98,6 +99,8 @@ _UPSERT_ACCOUNTS = (
     )
     .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
 )
+
+_OPEN_ACCOUNTS = sqlite_insert(accounts).on_conflict_do_nothing(index_elements=["key"])
 
 _ADVANCE_COUNTER = (
     update(event_counter)
@@ -212,21 +215,30 @@ class _SqliteStore:
 
     async def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
         keys, deltas, entry_of = _balance_moves(postings)
-        result = await self._conn.execute(
-            _UPSERT_ACCOUNTS,
-            [
-                {
-                    "key": key,
-                    "merchant_id": entry_of[key].account.merchant_id,
-                    "user_id": entry_of[key].account.user_id,
-                    "asset": entry_of[key].account.asset,
-                    "side": entry_of[key].account.side.value,
-                    "balance": deltas[key],
-                }
-                for key in keys
-            ],
-        )
-        ids = {row.key: row.id for row in result}
+        rows = [
+            {
+                "key": key,
+                "merchant_id": entry_of[key].account.merchant_id,
+                "user_id": entry_of[key].account.user_id,
+                "asset": entry_of[key].account.asset,
+                "side": entry_of[key].account.side.value,
+                "balance": deltas[key] if entry_of[key].account.cached else None,
+            }
+            for key in keys
+        ]
+        ids: dict[str, int] = {}
+        running = [row for row in rows if row["balance"] is not None]
+        if running:
+            result = await self._conn.execute(_UPSERT_ACCOUNTS, running)
+            ids.update({row.key: row.id for row in result})
+        if plain := [row for row in rows if row["balance"] is None]:
+            await self._conn.execute(_OPEN_ACCOUNTS, plain)
+            result = await self._conn.execute(
+                select(accounts.c.key, accounts.c.id).where(
+                    accounts.c.key.in_([row["key"] for row in plain])
+                )
+            )
+            ids.update({row.key: row.id for row in result})
         await self._conn.execute(
             ledger_entries.insert(),
             [
@@ -340,7 +352,8 @@ _UPDATE_COLUMNS = (
     "updated_at",
 )
 
-# Data-modifying CTEs all run to completion whether or not the final SELECT reads them.
+# Data-modifying CTEs all run to completion whether or not the final SELECT reads them; all
+# parts see the snapshot taken when the statement starts.
 _POST_AND_APPEND = """
 WITH moved AS (
     INSERT INTO accounts (key, merchant_id, user_id, asset, side, balance)
@@ -348,12 +361,23 @@ WITH moved AS (
                          $6::numeric[])
     ON CONFLICT (key) DO UPDATE SET balance = accounts.balance + excluded.balance
     RETURNING id, key
+), opened AS (
+    INSERT INTO accounts (key, merchant_id, user_id, asset, side, balance)
+    SELECT *, NULL FROM unnest($21::text[], $22::text[], $23::text[], $24::text[],
+                               $25::text[])
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id, key
+), known AS (
+    SELECT id, key FROM moved
+    UNION ALL SELECT id, key FROM opened
+    UNION ALL SELECT id, key FROM accounts WHERE key = ANY($21::text[])
 ), posted AS (
     INSERT INTO ledger_entries (account_id, deposit_id, kind, generation, amount, created_at)
-    SELECT moved.id, e.deposit_id, e.kind, e.generation, e.amount, $20
+    SELECT known.id, e.deposit_id, e.kind, e.generation, e.amount, $20
     FROM unnest($7::text[], $8::text[], $9::text[], $10::int[], $11::numeric[])
         AS e(key, deposit_id, kind, generation, amount)
-    JOIN moved ON moved.key = e.key
+    JOIN known ON known.key = e.key
+    RETURNING 1
 ), counter AS (
     UPDATE event_counter SET last_seq = last_seq + $12 WHERE id = 1 RETURNING last_seq
 ), appended AS (
@@ -374,7 +398,7 @@ WITH moved AS (
     JOIN endpoint_subscriptions ON endpoint_subscriptions.endpoint_id = endpoints.id
                   AND endpoint_subscriptions.event_type IN (appended.type, '*')
 )
-SELECT last_seq FROM counter
+SELECT last_seq, (SELECT count(*) FROM posted) AS posted FROM counter
 """
 
 
@@ -423,15 +447,17 @@ class _PostgresStore:
             assert not postings, "ledger postings always come with an event"
             return []
         keys, deltas, entry_of = _balance_moves(postings)
-        accounts = [entry_of[key].account for key in keys]
-        last = await self._conn.fetchval(
+        running = [key for key in keys if entry_of[key].account.cached]
+        plain = [entry_of[key].account for key in keys if not entry_of[key].account.cached]
+        moved = [entry_of[key].account for key in running]
+        row = await self._conn.fetchrow(
             _POST_AND_APPEND,
-            keys,
-            [a.merchant_id for a in accounts],
-            [a.user_id for a in accounts],
-            [a.asset for a in accounts],
-            [a.side.value for a in accounts],
-            [Decimal(deltas[key]) for key in keys],
+            running,
+            [a.merchant_id for a in moved],
+            [a.user_id for a in moved],
+            [a.asset for a in moved],
+            [a.side.value for a in moved],
+            [Decimal(deltas[key]) for key in running],
             [entry.account.key for _, entry in postings],
             [deposit_id for deposit_id, _ in postings],
             [entry.kind.value for _, entry in postings],
@@ -446,7 +472,17 @@ class _PostgresStore:
             [json.dumps(event.data) for event in events],
             [event.created_at for event in events],
             now,
+            [a.key for a in plain],
+            [a.merchant_id for a in plain],
+            [a.user_id for a in plain],
+            [a.asset for a in plain],
+            [a.side.value for a in plain],
         )
+        if row["posted"] != len(postings):
+            # an account without a running balance was opened by a concurrent transaction
+            # after our snapshot: its row was invisible to us, so start again
+            raise RetryTransaction("an account was opened concurrently")
+        last: int = row["last_seq"]
         return list(range(last - len(events) + 1, last + 1))
 
     async def commit(self) -> None:

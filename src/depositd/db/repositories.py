@@ -305,7 +305,8 @@ class LedgerRecord:
 @dataclass(frozen=True)
 class AccountAudit:
     key: str
-    cached: int
+    #: the running balance, or None for an account that keeps none
+    cached: int | None
     summed: int
 
 

@@ -172,8 +172,9 @@ accounts = Table(
     Column("user_id", ForeignKey("users.id"), nullable=True, index=True),
     Column("asset", String(40), nullable=False),
     Column("side", String(20), nullable=False),
-    #: cache of the sum of this account's entries, updated in the same transaction
-    Column("balance", Amount(), nullable=False),
+    #: cache of the sum of this account's entries, updated in the same transaction; NULL for
+    #: accounts that keep none (``Account.cached``)
+    Column("balance", Amount(), nullable=True),
 )
 
 ledger_entries = Table(

@@ -15,6 +15,10 @@ _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 T = TypeVar("T")
 
 
+class RetryTransaction(Exception):
+    """Raised inside a unit of work that lost a race it can only win by starting over."""
+
+
 def is_transient(exc: DBAPIError) -> bool:
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -26,8 +30,9 @@ async def retry_transient(work: Callable[[], Awaitable[T]], attempts: int = 5) -
     for attempt in range(1, attempts + 1):
         try:
             return await work()
-        except DBAPIError as exc:
-            if attempt == attempts or not is_transient(exc):
+        except (DBAPIError, RetryTransaction) as exc:
+            transient = isinstance(exc, RetryTransaction) or is_transient(exc)
+            if attempt == attempts or not transient:
                 raise
             await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311
     raise AssertionError("unreachable")

@@ -2,8 +2,8 @@
 
 Accounts are named by key. A user holds ``available`` and ``locked`` sides per asset; the
 merchant's ``external`` account per asset is where deposited money enters the ledger from
-outside, so its balance is minus everything credited. Entries are append-only: a reversal is a
-new posting with opposite signs, never an edit.
+outside, so its balance is minus everything credited (see ``Account.cached``). Entries are
+append-only: a reversal is a new posting with opposite signs, never an edit.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ class Account:
     def key(self) -> str:
         owner = f"user:{self.user_id}" if self.user_id else f"merchant:{self.merchant_id}"
         return f"{owner}:{self.asset}:{self.side}"
+
+    @property
+    def cached(self) -> bool:
+        """Whether the account row keeps a running balance.
+
+        Users' accounts do. The merchant's external account does not: every deposit of the
+        merchant posts to it, and a running balance there would make all of them queue on one
+        row lock. Its balance is the sum of its entries, computed when asked.
+        """
+        return self.side is not Side.EXTERNAL
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,8 @@ async def audit_ledger(db: Database) -> LedgerAudit:
         unbalanced = await uow.accounts.unbalanced_postings()
         seqs = await uow.events.all_seqs()
     gaps = _gaps(seqs)
-    return LedgerAudit(accounts, [a for a in accounts if a.cached != a.summed], unbalanced, gaps)
+    mismatched = [a for a in accounts if a.cached is not None and a.cached != a.summed]
+    return LedgerAudit(accounts, mismatched, unbalanced, gaps)
 
 
 def _gaps(seqs: Sequence[int]) -> list[int]:
