@@ -24,7 +24,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.engine import Database
-from depositd.db.repositories import deposit_changes, deposit_from_row, deposit_row
+from depositd.db.repositories import (
+    DEPOSIT_WITH_USER,
+    deposit_changes,
+    deposit_from_row,
+    deposit_row,
+)
 from depositd.db.tables import (
     Amount,
     accounts,
@@ -34,7 +39,6 @@ from depositd.db.tables import (
     endpoints,
     event_counter,
     ledger_entries,
-    users,
 )
 from depositd.db.tables import events as events_table
 from depositd.db.transient import RetryTransaction
@@ -141,8 +145,6 @@ _QUEUE_DELIVERIES = deliveries.insert().from_select(
     .where(events_table.c.seq.between(bindparam("first"), bindparam("last"))),
 )
 
-_LOCK_SQLITE = select(deposits, users.c.external_id).join(users, users.c.id == deposits.c.user_id)
-
 
 class _SqliteStore:
     """SQLite: the single writer connection, in a ``BEGIN IMMEDIATE`` transaction."""
@@ -153,7 +155,7 @@ class _SqliteStore:
     async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
         # the write lock is already ours (BEGIN IMMEDIATE): reading is locking
         result = await self._conn.execute(
-            _LOCK_SQLITE.where(deposits.c.identity.in_(sorted(set(identities))))
+            DEPOSIT_WITH_USER.where(deposits.c.identity.in_(sorted(set(identities))))
         )
         return {row.identity: deposit_from_row(row._mapping) for row in result}
 

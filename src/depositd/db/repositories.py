@@ -233,7 +233,7 @@ def deposit_changes(deposit: DepositState) -> dict[str, Any]:
     }
 
 
-_DEPOSIT_WITH_USER = select(deposits, users.c.external_id).join(
+DEPOSIT_WITH_USER = select(deposits, users.c.external_id).join(
     users, users.c.id == deposits.c.user_id
 )
 
@@ -254,7 +254,7 @@ class DepositRepository:
 
     async def get(self, merchant_id: str, deposit_id: str) -> DepositState | None:
         result = await self._conn.execute(
-            _DEPOSIT_WITH_USER.where(
+            DEPOSIT_WITH_USER.where(
                 deposits.c.id == deposit_id, deposits.c.merchant_id == merchant_id
             )
         )
@@ -265,7 +265,7 @@ class DepositRepository:
         self, where: DepositFilter, before_id: str | None, limit: int
     ) -> list[DepositState]:
         """Newest first; ``before_id`` continues a listing after its last id."""
-        stmt = _DEPOSIT_WITH_USER.where(deposits.c.merchant_id == where.merchant_id)
+        stmt = DEPOSIT_WITH_USER.where(deposits.c.merchant_id == where.merchant_id)
         if where.status is not None:
             stmt = stmt.where(deposits.c.status == where.status)
         if where.user_id is not None:

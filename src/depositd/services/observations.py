@@ -10,7 +10,7 @@ from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.recording import RecordingStore, open_recording
 from depositd.db.repositories import Owner
-from depositd.db.transient import retry_transient
+from depositd.db.transient import RetryTransaction, retry_transient
 from depositd.db.uow import UnitOfWork
 from depositd.domain import deposits as machine
 from depositd.domain.assets import AssetBook
@@ -133,10 +133,12 @@ async def _record(
         if current is not None and current.user_id != owners[index].user_id:
             raise ObservationConflict(f"deposit {current.id} belongs to another user")
         transition = machine.decide(current, obs, assets[obs.asset])
-        if transition is None or current is None:
-            # current is None only for observations that change nothing on an unseen deposit
+        if transition is None:
             changed_at.append(None)
             continue
+        if current is None:
+            # a first sighting whose row we neither inserted nor found locked: never drop it
+            raise RetryTransaction(f"deposit {key} was neither inserted nor found")
         deposit = machine.apply(current, transition, now)
         batch.states[key] = batch.dirty[key] = deposit
         changed_at.append(_note(batch, deposit, transition, assets))
