@@ -380,8 +380,14 @@ WITH moved AS (
         AS e(key, deposit_id, kind, generation, amount)
     JOIN known ON known.key = e.key
     RETURNING 1
+), counted AS (
+    SELECT count(*) AS posted FROM posted
 ), counter AS (
-    UPDATE event_counter SET last_seq = last_seq + $12 WHERE id = 1 RETURNING last_seq
+    -- the ledger work is done before the counter row is locked (the qual runs first): the
+    -- lock that orders all writers is held only for the events, the outbox and the commit
+    UPDATE event_counter SET last_seq = last_seq + $12
+    WHERE id = 1 AND (SELECT posted FROM counted) >= 0
+    RETURNING last_seq
 ), appended AS (
     INSERT INTO events (seq, id, merchant_id, type, deposit_id, version, data, created_at)
     SELECT counter.last_seq - $12 + e.ord, e.id, e.merchant_id, e.type, e.deposit_id,
@@ -400,7 +406,7 @@ WITH moved AS (
     JOIN endpoint_subscriptions ON endpoint_subscriptions.endpoint_id = endpoints.id
                   AND endpoint_subscriptions.event_type IN (appended.type, '*')
 )
-SELECT last_seq, (SELECT count(*) FROM posted) AS posted FROM counter
+SELECT last_seq, (SELECT posted FROM counted) AS posted FROM counter
 """
 
 
