@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from depositd.config import Config, load_config
 from depositd.db.engine import Database
@@ -108,9 +110,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DepositdError as exc:
         print(f"depositd: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"depositd: {exc.strerror or exc}", file=sys.stderr)
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"depositd: database {_safe_url(config)}: {_reason(exc)}", file=sys.stderr)
         return 1
+
+
+def _safe_url(config: Config) -> str:
+    return make_url(config.database_url()).render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying what went wrong, from the driver's own words where there are some."""
+    cause = getattr(exc, "orig", None) or exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
 async def _admin(config: Config, args: argparse.Namespace) -> int:

@@ -90,3 +90,12 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = depositd("serve", cwd=tmp_path)
     assert result.returncode == 1
     assert "run 'depositd migrate'" in result.stderr
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    env = {"DEPOSITD_DATABASE__URL": "postgresql://depositd:hunter2@127.0.0.1:1/depositd"}
+    result = depositd("migrate", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("depositd: database postgresql://depositd:***@127.0.0.1:1/")
+    assert result.stderr.count("\n") == 1
+    assert "hunter2" not in result.stderr
