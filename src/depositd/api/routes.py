@@ -24,6 +24,7 @@ from depositd.api.schemas import (
     UserIn,
     UserOut,
     format_balance,
+    problem_responses,
 )
 from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
@@ -31,7 +32,7 @@ from depositd.domain.money import format_amount, parse_amount
 from depositd.errors import NotFound
 from depositd.services import queries, users
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
 
 ExternalId = Annotated[str, Path(pattern=EXTERNAL_ID, description="your id for the user")]
 Limit = Annotated[int, Query(ge=1, le=500)]

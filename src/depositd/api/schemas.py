@@ -20,6 +20,35 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem; ``type`` is stable: ``urn:depositd:problem:<slug>``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI descriptions of the problem answers a route can give."""
+    meaning = {
+        400: "Malformed JSON",
+        401: "Missing, unknown or revoked API key",
+        404: "Not found (or another merchant's)",
+        413: "Request body too large",
+        422: "Input that cannot be accepted",
+    }
+    schema = ProblemOut.model_json_schema()
+    return {
+        code: {
+            "description": meaning[code],
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        for code in codes
+    }
+
+
 class UserIn(_In):
     external_id: StrictStr = Field(pattern=EXTERNAL_ID, description="your id for this user")
 
