@@ -257,3 +257,9 @@ async def test_time_filters(alice: Tenant) -> None:
     assert len(found.json()["data"]) == 1
     none = await alice.client.get("/v1/deposits", params={"created_from": future})
     assert none.json()["data"] == []
+
+
+async def test_a_method_not_allowed_names_the_allowed_ones(alice: Tenant) -> None:
+    response = await alice.client.delete("/v1/users/alice")
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "GET"

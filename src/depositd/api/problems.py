@@ -104,7 +104,8 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     slugs = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
     slug = slugs.get(exc.status_code, f"http-{exc.status_code}")
-    return Problem(exc.status_code, slug, str(exc.detail)).response(request)
+    headers = dict(exc.headers or {})  # e.g. Allow on 405
+    return Problem(exc.status_code, slug, str(exc.detail), headers=headers).response(request)
 
 
 def _problem(request: Request, exc: Exception) -> JSONResponse:

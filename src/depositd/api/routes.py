@@ -41,6 +41,7 @@ Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of
 
 @router.post(
     "/users",
+    responses={200: {"model": UserOut, "description": "The user already existed"}},
     response_model=UserOut,
     status_code=status.HTTP_201_CREATED,
     tags=["users"],
