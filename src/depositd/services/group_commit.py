@@ -23,6 +23,13 @@ from depositd.errors import DepositdError
 from depositd.services.observations import Recorded, record_observations
 
 
+class RecorderStopped(Exception):
+    """The recorder stopped (shutdown) before it could confirm this observation.
+
+    It may or may not be committed; recording it again is safe, recording is idempotent.
+    """
+
+
 class Recorder:
     def __init__(self, db: Database, assets: AssetBook, *, max_batch: int = 256) -> None:
         self._db = db
@@ -50,9 +57,14 @@ class Recorder:
                 )
             except DepositdError:
                 await self._one_by_one(batch)
-            except Exception as exc:  # the database is down or similar: tell every caller
+            except BaseException as exc:  # database down, or we are being cancelled
                 for _, future in batch:
-                    _settle(future, exc)
+                    _settle(future, exc if isinstance(exc, Exception) else RecorderStopped())
+                if not isinstance(exc, Exception):
+                    for _, future in self._queue:
+                        _settle(future, RecorderStopped())
+                    self._queue.clear()
+                    raise
             else:
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
