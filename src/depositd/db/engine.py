@@ -67,13 +67,9 @@ class Database:
         """
         if self._driver_pool is None:
             dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._driver_pool = await asyncpg.create_pool(
-                dsn,
-                min_size=1,
-                max_size=self._pool_size,
-                # the recording statements take arrays of any length: plan them once
-                server_settings={"plan_cache_mode": "force_generic_plan"},
-            )
+            # Plans stay custom (the default): with generic plans, made before the tables had
+            # statistics, batches of hundreds of deposits ran eight times slower.
+            self._driver_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self._pool_size)
         return self._driver_pool
 
     async def dispose(self) -> None:
