@@ -15,9 +15,14 @@ from depositd.errors import ConfigError
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _big_add(left: str | None, right: str | None) -> str:
-    """Exact addition of decimal-text amounts (SQLite's own ``+`` goes through REAL)."""
-    return str(int(left or 0) + int(right or 0))
+def _big_add(left: str | None, right: str | None) -> str | None:
+    """Exact addition of decimal-text amounts (SQLite's own ``+`` goes through REAL).
+
+    NULL stays NULL: it marks an account that keeps no running balance.
+    """
+    if left is None or right is None:
+        return None
+    return str(int(left) + int(right))
 
 
 class Database:

@@ -94,7 +94,8 @@ _UPSERT_ACCOUNTS = (
     sqlite_insert(accounts)
     .on_conflict_do_update(
         index_elements=["key"],
-        # exact decimal-text addition; see Amount and db.engine
+        # exact decimal-text addition (see Amount and db.engine); an account without a running
+        # balance has NULL there, which big_add keeps
         set_={
             "balance": func.big_add(
                 accounts.c.balance, sqlite_insert(accounts).excluded.balance, type_=Amount()
@@ -103,8 +104,6 @@ _UPSERT_ACCOUNTS = (
     )
     .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
 )
-
-_OPEN_ACCOUNTS = sqlite_insert(accounts).on_conflict_do_nothing(index_elements=["key"])
 
 _ADVANCE_COUNTER = (
     update(event_counter)
@@ -228,19 +227,8 @@ class _SqliteStore:
             }
             for key in keys
         ]
-        ids: dict[str, int] = {}
-        running = [row for row in rows if row["balance"] is not None]
-        if running:
-            result = await self._conn.execute(_UPSERT_ACCOUNTS, running)
-            ids.update({row.key: row.id for row in result})
-        if plain := [row for row in rows if row["balance"] is None]:
-            await self._conn.execute(_OPEN_ACCOUNTS, plain)
-            result = await self._conn.execute(
-                select(accounts.c.key, accounts.c.id).where(
-                    accounts.c.key.in_([row["key"] for row in plain])
-                )
-            )
-            ids.update({row.key: row.id for row in result})
+        result = await self._conn.execute(_UPSERT_ACCOUNTS, rows)
+        ids = {row.key: row.id for row in result}
         await self._conn.execute(
             ledger_entries.insert(),
             [
