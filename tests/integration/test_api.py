@@ -263,3 +263,17 @@ async def test_a_method_not_allowed_names_the_allowed_ones(alice: Tenant) -> Non
     response = await alice.client.delete("/v1/users/alice")
     assert_problem(response, 405, "method-not-allowed")
     assert response.headers["allow"] == "GET"
+
+
+async def test_filters_by_user_and_asset(alice: Tenant) -> None:
+    await alice.client.post("/v1/users", json={"external_id": "bob"})
+    await alice.client.post("/v1/observations", json=observation())
+    await alice.client.post(
+        "/v1/observations", json=observation(user="bob", provider_deposit_id="d-2")
+    )
+    for path in ("/v1/deposits", "/v1/transactions"):
+        mine = (await alice.client.get(path, params={"user": "bob"})).json()["data"]
+        assert {row["user"]["external_id"] for row in mine} == {"bob"}
+        assert (await alice.client.get(path, params={"user": "carol"})).json()["data"] == []
+        assert (await alice.client.get(path, params={"asset": "ETH"})).json()["data"] == []
+        assert_problem(await alice.client.get(path, params={"asset": "DOGE"}), 422, "unknown-asset")

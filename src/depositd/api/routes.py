@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import AwareDatetime
 
-from depositd.api.deps import Context, Language, MerchantId
+from depositd.api.deps import AppContext, Context, Language, MerchantId
 from depositd.api.schemas import (
     EXTERNAL_ID,
     BalancesOut,
@@ -29,7 +29,6 @@ from depositd.api.schemas import (
 from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
 from depositd.domain.money import format_amount, parse_amount
-from depositd.errors import NotFound
 from depositd.services import queries, users
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
@@ -93,18 +92,11 @@ async def list_deposits(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> DepositPage:
-    user_id = None
-    if user is not None:
-        try:
-            user_id = (await users.get_user(ctx.db, merchant_id, user)).id
-        except NotFound:
-            return DepositPage(data=[], next_cursor=None)
-    if asset is not None:
-        ctx.assets[asset]  # an unknown asset is a 422, not an empty list
+    _require_known(ctx, asset)
     where = DepositFilter(
         merchant_id=merchant_id,
         status=status_.value if status_ else None,
-        user_id=user_id,
+        external_id=user,
         asset=asset,
         created_from=created_from,
         created_to=created_to,
@@ -179,8 +171,7 @@ async def list_transactions(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> TransactionPage:
-    if asset is not None:
-        ctx.assets[asset]
+    _require_known(ctx, asset)
     page = await queries.transaction_records(ctx.db, merchant_id, user, asset, cursor, limit)
     out = []
     for record in page.items:
@@ -218,3 +209,9 @@ async def list_events(
         data=[EventOut(**event.envelope()) for event in events],
         next_after=events[-1].seq if events else after,
     )
+
+
+def _require_known(ctx: AppContext, asset: str | None) -> None:
+    """Filtering by an asset we do not handle is a mistake worth a 422, not an empty list."""
+    if asset is not None:
+        _ = ctx.assets[asset]  # raises UnknownAsset, naming the assets we do handle

@@ -242,7 +242,8 @@ DEPOSIT_WITH_USER = select(deposits, users.c.external_id).join(
 class DepositFilter:
     merchant_id: str
     status: str | None = None
-    user_id: str | None = None
+    #: the merchant's id for the user
+    external_id: str | None = None
     asset: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -268,8 +269,8 @@ class DepositRepository:
         stmt = DEPOSIT_WITH_USER.where(deposits.c.merchant_id == where.merchant_id)
         if where.status is not None:
             stmt = stmt.where(deposits.c.status == where.status)
-        if where.user_id is not None:
-            stmt = stmt.where(deposits.c.user_id == where.user_id)
+        if where.external_id is not None:
+            stmt = stmt.where(users.c.external_id == where.external_id)
         if where.asset is not None:
             stmt = stmt.where(deposits.c.asset == where.asset)
         if where.created_from is not None:
@@ -325,7 +326,7 @@ class AccountRepository:
     async def records(
         self,
         merchant_id: str,
-        user_id: str | None,
+        external_id: str | None,
         asset: str | None,
         before_id: int | None,
         limit: int,
@@ -347,8 +348,8 @@ class AccountRepository:
             .join(users, users.c.id == accounts.c.user_id)
             .where(accounts.c.merchant_id == merchant_id)
         )
-        if user_id is not None:
-            stmt = stmt.where(accounts.c.user_id == user_id)
+        if external_id is not None:
+            stmt = stmt.where(users.c.external_id == external_id)
         if asset is not None:
             stmt = stmt.where(accounts.c.asset == asset)
         if before_id is not None:

@@ -115,13 +115,7 @@ async def transaction_records(
     except ValueError:
         raise InvalidCursor("cursor is not one this API handed out") from None
     async with UnitOfWork(db, write=False) as uow:
-        user_id = None
-        if external_id is not None:
-            user = await uow.users.get(merchant_id, external_id)
-            if user is None:
-                raise NotFound(f"no user {external_id!r}")
-            user_id = user.id
-        rows = await uow.accounts.records(merchant_id, user_id, asset, before, limit + 1)
+        rows = await uow.accounts.records(merchant_id, external_id, asset, before, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, _encode_cursor("txn", rows[-1].id) if more else None)
