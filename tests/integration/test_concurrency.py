@@ -35,7 +35,9 @@ async def test_twenty_concurrent_writers_credit_once(db: Database, assets: Asset
     assert [e.type for e in events] == ["deposit.credited"]
     records = await queries.transaction_records(db, merchant_id, "alice", None, None, 100)
     assert [(r.kind, r.amount) for r in records.items] == [("credit", 2 * ETH)]
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 2 * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == 2 * ETH
     assert (await queries.audit_ledger(db)).ok
 
 
@@ -55,7 +57,9 @@ async def test_concurrent_writers_of_different_deposits_keep_seq_gap_free(
     for event in events:
         versions.setdefault(event.data["id"], []).append(event.data["version"])
     assert all(v == [1, 2, 3] for v in versions.values())
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == WRITERS * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == WRITERS * ETH
     assert (await queries.audit_ledger(db)).ok
 
 
@@ -81,7 +85,9 @@ async def test_group_commit_credits_once_and_isolates_a_bad_observation(
     assert sum(r.changed for r in recorded) == 30
     events = await queries.events_after(db, merchant_id, 0, 1000)
     assert [e.type for e in events].count("deposit.credited") == 30
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 30 * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == 30 * ETH
     assert (await queries.audit_ledger(db)).ok
 
 
@@ -98,7 +104,9 @@ async def test_concurrent_first_credits_of_a_new_merchant(db: Database, assets: 
     await asyncio.sleep(0.05)
     start.set()
     await asyncio.gather(*tasks)
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == WRITERS * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == WRITERS * ETH
     audit = await queries.audit_ledger(db)
     assert audit.ok, audit
     external = [a for a in audit.accounts if a.key.endswith(":external")]

@@ -36,7 +36,7 @@ async def test_confirmations_then_credit_once(db: Database, assets: AssetBook) -
         ("credited", False),
         ("credited", False),
     ]
-    balances = await queries.user_balances(db, merchant_id, "alice")
+    balances = (await queries.user_balances(db, merchant_id, "alice")).balances
     assert [(b.asset, b.available, b.locked) for b in balances] == [("ETH", ETH, 0)]
     events = await queries.events_after(db, merchant_id, 0, 100)
     assert [e.seq for e in events] == [1, 2, 3, 4]
@@ -52,7 +52,9 @@ async def test_confirmations_then_credit_once(db: Database, assets: AssetBook) -
 async def test_reversal_posts_a_compensating_entry(db: Database, assets: AssetBook) -> None:
     merchant_id, address = await merchant_with_user(db)
     await record_observation(db, assets, eth_transfer(address, 7, 5, amount=3 * ETH))
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 3 * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == 3 * ETH
 
     reversed_ = await record_observation(
         db, assets, eth_transfer(address, 7, 0, amount=3 * ETH, removed=True)
@@ -63,7 +65,7 @@ async def test_reversal_posts_a_compensating_entry(db: Database, assets: AssetBo
         "A deep chain reorganisation removed this credited deposit; the credit was reversed."
     )
 
-    balances = await queries.user_balances(db, merchant_id, "alice")
+    balances = (await queries.user_balances(db, merchant_id, "alice")).balances
     assert [(b.asset, b.available, b.locked) for b in balances] == [("ETH", 0, 0)]
     records = await queries.transaction_records(db, merchant_id, "alice", None, None, 10)
     assert [(r.kind, r.amount, r.side) for r in records.items] == [
@@ -88,7 +90,9 @@ async def test_reversal_posts_a_compensating_entry(db: Database, assets: AssetBo
     )
     assert back.deposit is not None
     assert back.deposit.status is DepositStatus.CREDITED
-    assert (await queries.user_balances(db, merchant_id, "alice"))[0].available == 3 * ETH
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == 3 * ETH
     assert (await queries.audit_ledger(db)).ok
 
 
@@ -99,7 +103,7 @@ async def test_a_block_in_one_batch(db: Database, assets: AssetBook) -> None:
     recorded = await record_observations(db, assets, block)
     assert sum(r.changed for r in recorded) == 200
     assert [r.seq for r in recorded if r.changed] == list(range(1, 201))
-    balances = await queries.user_balances(db, merchant_id, "alice")
+    balances = (await queries.user_balances(db, merchant_id, "alice")).balances
     assert balances[0].available == 200 * ETH
     # a replay of the whole block is a no-op
     assert not any(r.changed for r in await record_observations(db, assets, block))
@@ -117,7 +121,7 @@ async def test_below_minimum_is_rejected_with_a_hint(db: Database, assets: Asset
         "Sent below the 0.001 ETH minimum; not credited."
     )
     assert recorded.deposit.reason.render("zh-CN") == "金额低于最低充值额 0.001 ETH，不予入账。"
-    assert await queries.user_balances(db, merchant_id, "alice") == []
+    assert (await queries.user_balances(db, merchant_id, "alice")).balances == []
 
 
 async def test_outbox_rows_follow_subscriptions(db: Database, assets: AssetBook) -> None:
@@ -159,7 +163,7 @@ async def test_failed_batch_leaves_nothing_behind(db: Database, assets: AssetBoo
     with pytest.raises(UnknownOwner, match="no address"):
         await record_observations(db, assets, [good, unknown])
     assert await queries.events_after(db, merchant_id, 0, 10) == []
-    assert await queries.user_balances(db, merchant_id, "alice") == []
+    assert (await queries.user_balances(db, merchant_id, "alice")).balances == []
     # and the cursor did not move: the next event is still seq 1
     assert (await record_observation(db, assets, good)).seq == 1
 

@@ -69,11 +69,12 @@ async def get_user(external_id: ExternalId, merchant_id: MerchantId, ctx: Contex
 async def get_balances(
     external_id: ExternalId, merchant_id: MerchantId, ctx: Context
 ) -> BalancesOut:
-    user = await users.get_user(ctx.db, merchant_id, external_id)
-    balances = await queries.user_balances(ctx.db, merchant_id, external_id)
+    found = await queries.user_balances(ctx.db, merchant_id, external_id)
     return BalancesOut(
-        user=UserOut.of(user),
-        balances=[format_balance(ctx.assets[b.asset], b.available, b.locked) for b in balances],
+        user=UserOut.of(found.user),
+        balances=[
+            format_balance(ctx.assets[b.asset], b.available, b.locked) for b in found.balances
+        ],
     )
 
 

@@ -16,6 +16,7 @@ from depositd.db.uow import UnitOfWork
 from depositd.domain.deposits import DepositState
 from depositd.domain.ledger import Side
 from depositd.errors import InputError, NotFound
+from depositd.services.users import User
 
 
 class InvalidCursor(InputError):
@@ -86,19 +87,28 @@ class AssetBalance:
     locked: int
 
 
-async def user_balances(db: Database, merchant_id: str, external_id: str) -> list[AssetBalance]:
+@dataclass(frozen=True)
+class UserBalances:
+    user: User
+    balances: list[AssetBalance]
+
+
+async def user_balances(db: Database, merchant_id: str, external_id: str) -> UserBalances:
     async with UnitOfWork(db, write=False) as uow:
-        user = await uow.users.get(merchant_id, external_id)
-        if user is None:
+        row = await uow.users.get(merchant_id, external_id)
+        if row is None:
             raise NotFound(f"no user {external_id!r}")
-        rows = await uow.accounts.balances(user.id)
+        rows = await uow.accounts.balances(row.id)
     sides: dict[str, dict[str, int]] = defaultdict(dict)
-    for row in rows:
-        sides[row.asset][row.side] = row.balance
-    return [
-        AssetBalance(asset, by_side.get(Side.AVAILABLE, 0), by_side.get(Side.LOCKED, 0))
-        for asset, by_side in sorted(sides.items())
-    ]
+    for balance in rows:
+        sides[balance.asset][balance.side] = balance.balance
+    return UserBalances(
+        User(row.id, row.external_id, row.created_at),
+        [
+            AssetBalance(asset, by_side.get(Side.AVAILABLE, 0), by_side.get(Side.LOCKED, 0))
+            for asset, by_side in sorted(sides.items())
+        ],
+    )
 
 
 async def transaction_records(
