@@ -47,7 +47,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             if outcome == "passed" and getattr(report, "when", "call") != "call":
                 continue
             for engine in ENGINES:
-                if f"[{engine}" in nodeid or f"-{engine}]" in nodeid or f"-{engine}-" in nodeid:
+                marks = (f"[{engine}", f"-{engine}]", f"-{engine}-")
+                if any(m in nodeid for m in marks) or nodeid.endswith(f"_{engine}"):
                     tally[(engine, outcome)] += 1
     if tally:
         terminalreporter.section("integration tests per database engine")

@@ -111,3 +111,44 @@ async def test_concurrent_first_credits_of_a_new_merchant(db: Database, assets: 
     assert audit.ok, audit
     external = [a for a in audit.accounts if a.key.endswith(":external")]
     assert [(a.cached, a.summed) for a in external] == [(None, -WRITERS * ETH)]
+
+
+async def test_a_cursor_reader_never_misses_an_event_of_concurrent_writers(
+    db: Database, assets: AssetBook
+) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    total = WRITERS * 3
+    done = asyncio.Event()
+
+    async def writer(tx: int) -> None:
+        for confirmations in (0, 1, 3):
+            await record_observation(db, assets, eth_transfer(address, tx, confirmations))
+
+    async def reader() -> list[int]:
+        seen: list[int] = []
+        after = 0
+        while len(seen) < total:
+            finished = done.is_set()  # before the read: an empty page after it means the end
+            page = await queries.events_after(db, merchant_id, after, 7)
+            seen += [event.seq for event in page]
+            after = page[-1].seq if page else after
+            if not page and finished:
+                break
+            await asyncio.sleep(0)
+        return seen
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(tx) for tx in range(WRITERS)))
+    done.set()
+    # every event, each once, in order: none was committed behind the reader's cursor
+    assert await reading == list(range(1, total + 1))
+
+
+async def test_first_concurrent_writers_share_one_driver_pool_postgresql(pg_url: str) -> None:
+    # [postgresql] only: SQLite has no driver pool, its writes share one connection
+    db = Database(pg_url, pool_size=4)
+    try:
+        pools = await asyncio.gather(*(db.driver_pool() for _ in range(20)))
+        assert all(pool is pools[0] for pool in pools)
+    finally:
+        await db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class Database:
         #: so services may remember it for the life of this object
         self.owner_cache: dict[tuple[str, ...], Any] = {}
         self._driver_pool: asyncpg.Pool | None = None
+        self._driver_pool_lock = asyncio.Lock()
         self._pool_size = pool_size
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
@@ -70,12 +72,16 @@ class Database:
         SQLAlchemy's pool and greenlet bridge cost more per transaction than the recording
         path's own statements; that path alone talks to asyncpg directly.
         """
-        if self._driver_pool is None:
-            dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            # Plans stay custom (the default): with generic plans, made before the tables had
-            # statistics, batches of hundreds of deposits ran eight times slower.
-            self._driver_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self._pool_size)
+        async with self._driver_pool_lock:  # many first callers at once make one pool
+            if self._driver_pool is None:
+                self._driver_pool = await self._create_driver_pool()
         return self._driver_pool
+
+    async def _create_driver_pool(self) -> asyncpg.Pool:
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # Plans stay custom (the default): with generic plans, made before the tables had
+        # statistics, batches of hundreds of deposits ran eight times slower.
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=self._pool_size)
 
     async def dispose(self) -> None:
         if self._driver_pool is not None:
