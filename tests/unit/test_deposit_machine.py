@@ -480,11 +480,13 @@ def test_provider_pending_is_pending() -> None:
     assert deposit.reason == Message("provider_pending", {"provider": "fireblocks"})
 
 
-def test_provider_confirming_reports_remaining_confirmations() -> None:
+def test_provider_confirming_reports_the_providers_count() -> None:
     deposit = see(provider(ProviderStatus.CONFIRMING, 1))
     assert deposit.status is S.CONFIRMING
     assert deposit.confirmations == 1
-    assert deposit.reason == Message("awaiting_confirmations", {"remaining": 2, "eta_seconds": "?"})
+    assert deposit.reason.render("en") == (
+        "fireblocks reports the payment on its way; confirmations so far: 1."
+    )
 
 
 def test_provider_confirming_without_a_count_is_confirming() -> None:

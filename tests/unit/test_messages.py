@@ -18,6 +18,7 @@ PLAUSIBLE_PARAMS: dict[str, dict[str, Any]] = {
     "awaiting_confirmations": {"remaining": 4, "eta_seconds": 48},
     "confirmed": {"confirmations": 12},
     "provider_pending": {"provider": "fireblocks"},
+    "provider_confirming": {"provider": "fireblocks", "confirmations": 2},
     "provider_confirmed": {"provider": "fireblocks"},
     "provider_failed": {"provider": "fireblocks"},
     "provider_reversed": {"provider": "fireblocks"},

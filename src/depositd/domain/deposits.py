@@ -357,9 +357,10 @@ def _provider_progress(
             stale = deposit is not None and confirmations <= deposit.confirmations
             if status is S.CONFIRMING and stale:
                 return None
+            assert isinstance(obs.ref, ProviderRef)
             message = Message(
-                "awaiting_confirmations",
-                {"remaining": max(required - confirmations, 0), "eta_seconds": "?"},
+                "provider_confirming",
+                {"provider": obs.ref.provider, "confirmations": confirmations},
             )
             return _to(deposit, S.CONFIRMING, obs, message, None, required)
         case _:

@@ -30,6 +30,10 @@ _CATALOG: dict[str, dict[str, str]] = {
         "en": "{provider} reports the payment as pending.",
         "zh-CN": "{provider} 报告该笔付款处理中。",
     },
+    "provider_confirming": {
+        "en": "{provider} reports the payment on its way; confirmations so far: {confirmations}.",
+        "zh-CN": "{provider} 报告该笔付款正在确认中（已有 {confirmations} 个确认）。",
+    },
     "provider_confirmed": {
         "en": "Credited: {provider} confirmed the payment.",
         "zh-CN": "{provider} 已确认付款，已入账。",
