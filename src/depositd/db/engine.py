@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -49,6 +50,19 @@ class Database:
             self._prepare_sqlite_file()
             self.writer = self._sqlite_engine(immediate=True, pool_size=1)
             self.reader = self._sqlite_engine(immediate=False, pool_size=4)
+            # Recording runs its whole transaction on a plain sqlite3 connection in one
+            # thread of its own: a thread hop per step instead of several per statement.
+            self.recorder_engine = create_engine(
+                self.url.set(drivername="sqlite+pysqlite"),
+                pool_size=1,
+                max_overflow=0,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+            _configure_sqlite(self.recorder_engine, immediate=True)
+            self.recorder_thread = ThreadPoolExecutor(1, thread_name_prefix="depositd-sqlite")
+            #: one recording transaction at a time: its steps queue on the one thread, and a
+            #: second transaction waiting there for the one connection would block them
+            self.recorder_lock = asyncio.Lock()
         elif self.dialect == "postgresql":
             self.url = self.url.set(drivername="postgresql+asyncpg")
             self.writer = create_async_engine(
@@ -84,6 +98,10 @@ class Database:
         return await asyncpg.create_pool(dsn, min_size=1, max_size=self._pool_size)
 
     async def dispose(self) -> None:
+        if self.is_sqlite:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.recorder_thread, self.recorder_engine.dispose)
+            self.recorder_thread.shutdown(wait=True)
         if self._driver_pool is not None:
             await self._driver_pool.close()
             self._driver_pool = None
@@ -103,23 +121,27 @@ class Database:
             max_overflow=0,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # we issue BEGIN ourselves (below) instead of the driver's implicit one
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.close()
-            dbapi_connection.create_function("big_add", 2, _big_add, deterministic=True)
-
-        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql(begin)
-
+        _configure_sqlite(engine.sync_engine, immediate=immediate)
         return engine
+
+
+def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
+    """WAL, foreign keys, a busy timeout, ``big_add``, and our own BEGIN on every connection."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # we issue BEGIN ourselves (below) instead of the driver's implicit one
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+        dbapi_connection.create_function("big_add", 2, _big_add, deterministic=True)
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)

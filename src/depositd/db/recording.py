@@ -10,18 +10,20 @@ ledger, advances the event cursor, appends the events and queues their deliverie
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy import and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from depositd.db.engine import Database
 from depositd.db.repositories import (
@@ -45,6 +47,8 @@ from depositd.db.transient import RetryTransaction
 from depositd.domain.deposits import DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
+
+T = TypeVar("T")
 
 
 class RecordingStore(Protocol):
@@ -74,9 +78,13 @@ class RecordingStore(Protocol):
 @asynccontextmanager
 async def open_recording(db: Database) -> AsyncIterator[RecordingStore]:
     if db.is_sqlite:
-        async with db.writer.connect() as conn, conn.begin():
-            # leaving without commit() rolls back (conn.begin's context does it)
-            yield _SqliteStore(conn)
+        async with db.recorder_lock:
+            store = _SqliteStore(db)
+            await store.open()
+            try:
+                yield store
+            finally:
+                await store.close()
         return
     pool = await db.driver_pool()
     async with pool.acquire() as raw:
@@ -146,41 +154,77 @@ _QUEUE_DELIVERIES = deliveries.insert().from_select(
 
 
 class _SqliteStore:
-    """SQLite: the single writer connection, in a ``BEGIN IMMEDIATE`` transaction."""
+    """SQLite: the recording connection, in a ``BEGIN IMMEDIATE`` transaction.
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+    Every step runs in the database's one recording thread (``Database.recorder_thread``),
+    whole: one thread hop per step.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: Connection | None = None
+
+    async def _in_thread(self, step: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db.recorder_thread, partial(step, *args))
+
+    async def open(self) -> None:
+        self._conn = await self._in_thread(self._open)
+
+    def _open(self) -> Connection:
+        conn = self._db.recorder_engine.connect()
+        conn.begin()
+        return conn
+
+    async def close(self) -> None:
+        await self._in_thread(self._close)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            if self._conn.in_transaction():
+                self._conn.rollback()
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None, "open() first"
+        return self._conn
 
     async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
+        return await self._in_thread(self._lock, sorted(set(identities)))
+
+    def _lock(self, identities: list[str]) -> dict[str, DepositState]:
         # the write lock is already ours (BEGIN IMMEDIATE): reading is locking
-        result = await self._conn.execute(
-            DEPOSIT_WITH_USER.where(deposits.c.identity.in_(sorted(set(identities))))
-        )
+        result = self.conn.execute(DEPOSIT_WITH_USER.where(deposits.c.identity.in_(identities)))
         return {row.identity: deposit_from_row(row._mapping) for row in result}
 
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
         if not new:
             return set()
+        return await self._in_thread(self._insert_new, [deposit_row(d) for d in new])
+
+    def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
         stmt = (
             sqlite_insert(deposits)
             .on_conflict_do_nothing(index_elements=["identity"])
             .returning(deposits.c.identity)
         )
-        result = await self._conn.execute(stmt, [deposit_row(deposit) for deposit in new])
-        return set(result.scalars().all())
+        return set(self.conn.execute(stmt, rows).scalars().all())
 
     async def update(self, changed: Sequence[DepositState]) -> None:
-        if not changed:
-            return
-        columns = deposit_changes(changed[0])
+        if changed:
+            rows = [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
+            await self._in_thread(self._update, rows)
+
+    def _update(self, rows: list[dict[str, Any]]) -> None:
+        columns = [name for name in rows[0] if name != "b_id"]
         stmt = (
             update(deposits)
             .where(deposits.c.id == bindparam("b_id"))
             .values({name: bindparam(name) for name in columns})
         )
-        await self._conn.execute(
-            stmt, [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
-        )
+        self.conn.execute(stmt, rows)
 
     async def post_and_append(
         self,
@@ -188,14 +232,21 @@ class _SqliteStore:
         events: Sequence[PendingEvent],
         now: datetime,
     ) -> list[int]:
+        return await self._in_thread(self._post_and_append, postings, events, now)
+
+    def _post_and_append(
+        self,
+        postings: Sequence[tuple[str, Entry]],
+        events: Sequence[PendingEvent],
+        now: datetime,
+    ) -> list[int]:
         if postings:
-            await self._post(postings, now)
+            self._post(postings, now)
         if not events:
             return []
-        result = await self._conn.execute(_ADVANCE_COUNTER, {"n": len(events)})
-        last = result.scalar_one()
+        last = self.conn.execute(_ADVANCE_COUNTER, {"n": len(events)}).scalar_one()
         first = last - len(events) + 1
-        await self._conn.execute(
+        self.conn.execute(
             events_table.insert(),
             [
                 {
@@ -211,10 +262,10 @@ class _SqliteStore:
                 for offset, event in enumerate(events)
             ],
         )
-        await self._conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
+        self.conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
 
-    async def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
+    def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
         keys, deltas, entry_of = _balance_moves(postings)
         rows = [
             {
@@ -227,9 +278,8 @@ class _SqliteStore:
             }
             for key in keys
         ]
-        result = await self._conn.execute(_UPSERT_ACCOUNTS, rows)
-        ids = {row.key: row.id for row in result}
-        await self._conn.execute(
+        ids = {row.key: row.id for row in self.conn.execute(_UPSERT_ACCOUNTS, rows)}
+        self.conn.execute(
             ledger_entries.insert(),
             [
                 {
@@ -245,7 +295,7 @@ class _SqliteStore:
         )
 
     async def commit(self) -> None:
-        await self._conn.commit()
+        await self._in_thread(self.conn.commit)
 
 
 def _balance_moves(
