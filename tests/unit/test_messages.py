@@ -54,9 +54,39 @@ def test_languages_start_with_the_english_fallback() -> None:
 @pytest.mark.parametrize("code", sorted(_CATALOG))
 def test_every_language_has_a_template_with_the_same_placeholders(code: str) -> None:
     templates = _CATALOG[code]
-    assert set(templates) == set(LANGUAGES)
+    plain = {key for key in templates if ":" not in key}
+    assert plain == set(LANGUAGES)
     assert _placeholders(templates["zh-CN"]) == _placeholders(templates["en"])
     assert _placeholders(templates["en"]) == set(PLAUSIBLE_PARAMS[code])
+    for key in set(templates) - plain:  # singular variants such as "en:one"
+        language, _, form = key.partition(":")
+        assert (language, form) in {(lang, "one") for lang in LANGUAGES}
+        assert _placeholders(templates[key]) <= _placeholders(templates[language])
+
+
+@pytest.mark.parametrize(
+    ("code", "params", "english"),
+    [
+        (
+            "awaiting_confirmations",
+            {"remaining": 1, "eta_seconds": 12},
+            "Waiting for 1 more confirmation, about 12 s.",
+        ),
+        (
+            "awaiting_confirmations",
+            {"remaining": 2, "eta_seconds": 24},
+            "Waiting for 2 more confirmations, about 24 s.",
+        ),
+        ("confirmed", {"confirmations": 1}, "Credited after 1 confirmation."),
+        (
+            "awaiting_first_confirmation",
+            {"required": 1},
+            "Seen on the network; waiting for its confirmation.",
+        ),
+    ],
+)
+def test_english_says_one_in_the_singular(code: str, params: dict[str, Any], english: str) -> None:
+    assert render(code, params, "en") == english
 
 
 @pytest.mark.parametrize(("code", "language"), CASES)

@@ -16,14 +16,17 @@ LANGUAGES = ("en", "zh-CN")
 _CATALOG: dict[str, dict[str, str]] = {
     "awaiting_first_confirmation": {
         "en": "Seen on the network; waiting for the first of {required} confirmations.",
+        "en:one": "Seen on the network; waiting for its confirmation.",
         "zh-CN": "已在网络上发现，等待第一个确认（共需 {required} 个确认）。",
     },
     "awaiting_confirmations": {
         "en": "Waiting for {remaining} more confirmations, about {eta_seconds} s.",
+        "en:one": "Waiting for 1 more confirmation, about {eta_seconds} s.",
         "zh-CN": "还需等待 {remaining} 个确认，约 {eta_seconds} 秒。",
     },
     "confirmed": {
         "en": "Credited after {confirmations} confirmations.",
+        "en:one": "Credited after 1 confirmation.",
         "zh-CN": "已达到 {confirmations} 个确认，已入账。",
     },
     "provider_pending": {
@@ -104,11 +107,23 @@ class Message:
         return render(self.code, self.params, language)
 
 
+#: the parameter that decides singular ("<language>:one" templates) for a code
+_COUNTED_BY = {
+    "awaiting_confirmations": "remaining",
+    "confirmed": "confirmations",
+    "awaiting_first_confirmation": "required",
+}
+
+
 def render(code: str, params: Mapping[str, Any], language: str = "en") -> str:
     """Render a stored hint in ``language`` (falls back to English)."""
     templates = _CATALOG.get(code)
     if templates is None:
         return code
+    if code in _COUNTED_BY and params.get(_COUNTED_BY[code]) == 1:
+        language_one = f"{language}:one"
+        if language_one in templates:
+            language = language_one
     template = templates.get(language) or templates[LANGUAGES[0]]
     try:
         return template.format(**params)
