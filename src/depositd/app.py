@@ -38,7 +38,12 @@ def create_app(config: Config, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     assets = config.asset_book()
-    app.state.ctx = AppContext(db=database, assets=assets, recorder=Recorder(database, assets))
+    app.state.ctx = AppContext(
+        db=database,
+        assets=assets,
+        chains=frozenset(config.chains),
+        recorder=Recorder(database, assets),
+    )
     problems.install(app)
     app.include_router(router)
 

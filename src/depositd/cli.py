@@ -12,16 +12,23 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from depositd.chain.addresses import WatchOnlyKey
 from depositd.config import Config, load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current, upgrade
 from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
-from depositd.services import merchants
+from depositd.services import addresses, merchants
 
 log = structlog.get_logger("depositd")
 
 DEMO_MERCHANT = "demo"
+#: xpub at m/44'/60'/0'/0 of anvil's default mnemonic ("test test ... junk"): the demo
+#: merchant's addresses are anvil's funded dev accounts. Never use it for real money.
+DEV_XPUB = (
+    "xpub6DyUKdwoLWmUJ4Tn9Bbsdtx7B5Ws18mEN19e5HT52ikE53FiUheSQXrZUNPovqfyKmw4579A1Mm3GXXKM39N64"
+    "uooBfJ4tNAzFsEbodRTx4"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         " issue it a key with 'depositd api-keys create --merchant ID'.",
     )
     create.add_argument("name", help="display name")
+    create.add_argument(
+        "--xpub", help="account xpub at m/44'/60'/0'/0 that EVM deposit addresses derive from"
+    )
     merchant_verbs.add_parser("list", help="list merchants (id and name)")
+    set_xpub = merchant_verbs.add_parser(
+        "set-xpub",
+        help="set the xpub deposit addresses derive from",
+        description="Set a merchant's account-level extended public key (m/44'/60'/0'/0)."
+        " Only the public key: an xprv is refused, the server never holds spending keys."
+        " Addresses already handed out keep their index.",
+    )
+    set_xpub.add_argument("merchant", metavar="ID", help="merchant id")
+    set_xpub.add_argument("xpub", help="the xpub")
 
     key_cmd = commands.add_parser("api-keys", help="issue and revoke merchant API keys")
     key_verbs = key_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -135,8 +154,16 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             print(f"schema is current ({db.safe_url()})")
         elif args.command == "merchants" and args.verb == "create":
             await _require_schema(db)
+            if args.xpub:
+                WatchOnlyKey(args.xpub)  # refuse a bad key before creating anything
             merchant = await merchants.create_merchant(db, args.name)
+            if args.xpub:
+                await addresses.set_xpub(db, merchant.id, args.xpub)
             print(merchant.id)
+        elif args.command == "merchants" and args.verb == "set-xpub":
+            await _require_schema(db)
+            await addresses.set_xpub(db, args.merchant, args.xpub)
+            print(f"xpub set for {args.merchant}")
         elif args.command == "merchants":
             await _require_schema(db)
             for merchant in await merchants.list_merchants(db):
@@ -165,6 +192,7 @@ async def _prepare_dev(db: Database, base_url: str) -> None:
     await upgrade(db)
     existing = [m for m in await merchants.list_merchants(db) if m.name == DEMO_MERCHANT]
     merchant = existing[0] if existing else await merchants.create_merchant(db, DEMO_MERCHANT)
+    await addresses.set_xpub(db, merchant.id, DEV_XPUB)
     key = await merchants.create_api_key(db, merchant.id, "make dev")
     auth = f"-H 'Authorization: Bearer {key.secret}'"
     print(
@@ -181,6 +209,8 @@ Try:
        -d '{{"provider": "demo", "provider_deposit_id": "dep-1", "user": "alice",
             "asset": "USDT", "amount": "25.5", "status": "succeeded"}}' \\
        {base_url}/v1/observations
+  curl -s {auth} -H 'Content-Type: application/json' \\
+       -d '{{"chain": "anvil"}}' {base_url}/v1/users/alice/addresses
   curl -s {auth} {base_url}/v1/users/alice/balances
   curl -s {auth} '{base_url}/v1/deposits?limit=10'
   curl -s {auth} -H 'Accept-Language: zh-CN' '{base_url}/v1/deposits?limit=1'

@@ -8,7 +8,7 @@ DepositdError
 │   ├── UnknownOwner             no such user or deposit address for this merchant
 │   └── ObservationConflict      an observation contradicts what we recorded for that deposit
 ├── NotFound                     the resource does not exist for this merchant
-├── Conflict                     the resource exists and the request clashes with it
+├── Conflict                     the request clashes with a resource's state (HTTP 409)
 └── IllegalTransition            a deposit state change the state machine forbids (a bug)
 """
 
@@ -51,7 +51,10 @@ class NotFound(DepositdError):
 
 
 class Conflict(DepositdError):
-    """The request clashes with an existing resource."""
+    """The request clashes with the state of a resource."""
+
+    #: stable problem type slug, see ``depositd.api.problems``
+    slug = "conflict"
 
 
 class IllegalTransition(DepositdError):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from depositd.cli import DEV_XPUB
 from depositd.db.engine import Database
 
 
@@ -99,3 +100,19 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path
     assert result.stderr.startswith("depositd: database postgresql://depositd:***@127.0.0.1:1/")
     assert result.stderr.count("\n") == 1
     assert "hunter2" not in result.stderr
+
+
+def test_set_xpub_refuses_a_private_key(db: Database, tmp_path: Path) -> None:
+    env = {"DEPOSITD_DATABASE__URL": db.url.render_as_string(hide_password=False)}
+    created = depositd("merchants", "create", "Acme", cwd=tmp_path, env=env)
+    merchant_id = created.stdout.strip()
+    # anvil's well-known test key (m/44'/60'/0'/0 of "test test ... junk"): public knowledge
+    xprv = (
+        "xprv9zz7v8QuW9DB5aPK3A4sGm1Nd3gNbg3NznE3Gu3TUPDFCEvZwALBrjY5d5h8eyKywqqFkKXDaxAKsmL4q"
+        "VMzN3wBGaC2h3WoJT74EVuGwZi"
+    )
+    refused = depositd("merchants", "set-xpub", merchant_id, xprv, cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("depositd: that is an extended private key")
+    good = depositd("merchants", "set-xpub", merchant_id, DEV_XPUB, cwd=tmp_path, env=env)
+    assert (good.returncode, good.stdout.strip()) == (0, f"xpub set for {merchant_id}")

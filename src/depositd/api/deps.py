@@ -19,6 +19,8 @@ from depositd.services.merchants import authenticate
 class AppContext:
     db: Database
     assets: AssetBook
+    #: configured chain names
+    chains: frozenset[str]
     recorder: Recorder
 
 

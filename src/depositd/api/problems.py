@@ -91,7 +91,8 @@ def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _conflict(request: Request, exc: Exception) -> JSONResponse:
-    return Problem(409, "conflict", "Conflict", str(exc)).response(request)
+    assert isinstance(exc, Conflict)
+    return Problem(409, exc.slug, "Conflict", str(exc)).response(request)
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:

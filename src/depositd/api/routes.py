@@ -10,6 +10,8 @@ from pydantic import AwareDatetime
 from depositd.api.deps import AppContext, Context, Language, MerchantId
 from depositd.api.schemas import (
     EXTERNAL_ID,
+    AddressIn,
+    AddressOut,
     BalancesOut,
     DepositDetail,
     DepositOut,
@@ -29,7 +31,7 @@ from depositd.api.schemas import (
 from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
 from depositd.domain.money import format_amount, parse_amount
-from depositd.services import queries, users
+from depositd.services import addresses, queries, users
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
 
@@ -76,6 +78,45 @@ async def get_balances(
             format_balance(ctx.assets[b.asset], b.available, b.locked) for b in found.balances
         ],
     )
+
+
+@router.post(
+    "/users/{external_id}/addresses",
+    response_model=AddressOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": AddressOut, "description": "The user already had one on this chain"},
+        409: problem_responses(409)[409],
+    },
+    tags=["addresses"],
+    summary="The user's deposit address on a chain, derived from your xpub if new",
+)
+async def create_address(
+    external_id: ExternalId,
+    body: AddressIn,
+    merchant_id: MerchantId,
+    ctx: Context,
+    response: Response,
+) -> AddressOut:
+    found = await addresses.deposit_address(
+        ctx.db, ctx.chains, merchant_id, external_id, body.chain
+    )
+    if not found.created:
+        response.status_code = status.HTTP_200_OK
+    return AddressOut(chain=found.chain, address=found.address, index=found.index)
+
+
+@router.get(
+    "/users/{external_id}/addresses",
+    response_model=list[AddressOut],
+    tags=["addresses"],
+    summary="The user's deposit addresses",
+)
+async def list_addresses(
+    external_id: ExternalId, merchant_id: MerchantId, ctx: Context
+) -> list[AddressOut]:
+    found = await addresses.user_addresses(ctx.db, merchant_id, external_id)
+    return [AddressOut(chain=a.chain, address=a.address, index=a.index) for a in found]
 
 
 @router.get(

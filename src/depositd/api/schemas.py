@@ -36,6 +36,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed JSON",
         401: "Missing, unknown or revoked API key",
         404: "Not found (or another merchant's)",
+        409: "The request clashes with the resource's state",
         413: "Request body too large",
         422: "Input that cannot be accepted",
     }
@@ -61,6 +62,18 @@ class UserOut(BaseModel):
     @classmethod
     def of(cls, user: User) -> UserOut:
         return cls(id=user.id, external_id=user.external_id, created_at=user.created_at)
+
+
+class AddressIn(_In):
+    chain: StrictStr = Field(min_length=1, max_length=40, description="a configured chain")
+
+
+class AddressOut(BaseModel):
+    chain: str
+    #: EIP-55 checksummed
+    address: str
+    #: child index under the merchant's xpub (m/44'/60'/0'/0/index)
+    index: int | None
 
 
 class ObservationIn(_In):

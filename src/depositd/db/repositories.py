@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, tuple_, update
+from sqlalchemy import Row, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -45,8 +45,10 @@ class MerchantRepository:
             merchants.insert().values(id=merchant_id, name=name, created_at=now)
         )
 
-    async def get(self, merchant_id: str) -> Row[Any] | None:
-        result = await self._conn.execute(select(merchants).where(merchants.c.id == merchant_id))
+    async def get(self, merchant_id: str, *, lock: bool = False) -> Row[Any] | None:
+        """The merchant; ``lock`` holds its row until commit (serialising work per merchant)."""
+        stmt = select(merchants).where(merchants.c.id == merchant_id)
+        result = await self._conn.execute(stmt.with_for_update() if lock else stmt)
         return result.first()
 
     async def all(self) -> Sequence[Row[Any]]:
@@ -66,6 +68,12 @@ class MerchantRepository:
                 created_at=now,
             )
         )
+
+    async def set_xpub(self, merchant_id: str, xpub: str) -> bool:
+        result = await self._conn.execute(
+            update(merchants).where(merchants.c.id == merchant_id).values(xpub=xpub)
+        )
+        return bool(result.rowcount)
 
     async def merchant_for_key(self, key_hash: str) -> str | None:
         result = await self._conn.execute(
@@ -132,6 +140,7 @@ class UserRepository:
         chain: str,
         address: str,
         now: datetime,
+        derivation_index: int | None = None,
     ) -> None:
         await self._conn.execute(
             addresses.insert().values(
@@ -140,9 +149,26 @@ class UserRepository:
                 merchant_id=merchant_id,
                 chain=chain,
                 address=address.lower(),
+                derivation_index=derivation_index,
                 created_at=now,
             )
         )
+
+    async def addresses_of(self, user_id: str) -> Sequence[Row[Any]]:
+        result = await self._conn.execute(
+            select(addresses).where(addresses.c.user_id == user_id).order_by(addresses.c.chain)
+        )
+        return result.all()
+
+    async def next_derivation_index(self, merchant_id: str, chain: str) -> int:
+        """One past the highest index the merchant ever used on the chain (never reused)."""
+        result = await self._conn.execute(
+            select(func.max(addresses.c.derivation_index)).where(
+                addresses.c.merchant_id == merchant_id, addresses.c.chain == chain
+            )
+        )
+        highest = result.scalar_one_or_none()
+        return 0 if highest is None else int(highest) + 1
 
     async def owners_by_address(
         self, chain_addresses: Iterable[tuple[str, str]]

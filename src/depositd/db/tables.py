@@ -91,6 +91,8 @@ merchants = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),
+    #: account-level extended public key (m/44'/60'/0'/0) that EVM deposit addresses derive from
+    Column("xpub", String(200), nullable=True),
     _ts("created_at"),
 )
 
@@ -127,8 +129,12 @@ addresses = Table(
     Column("chain", String(40), nullable=False),
     #: lower-case hex for EVM chains
     Column("address", String(128), nullable=False),
+    #: child index under the merchant's xpub; never reused (NULL: attached, not derived)
+    Column("derivation_index", Integer, nullable=True),
     _ts("created_at"),
     UniqueConstraint("chain", "address"),
+    UniqueConstraint("user_id", "chain"),
+    UniqueConstraint("merchant_id", "chain", "derivation_index"),
 )
 
 deposits = Table(

@@ -1,0 +1,1 @@
+"""Chains: EVM JSON-RPC clients and watch-only address derivation."""
