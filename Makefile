@@ -3,6 +3,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
+ANVIL   := node_modules/.bin/anvil
 
 .PHONY: dev test check lint fmt install postgres bench
 
@@ -12,7 +13,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# the anvil dev chain, from npm into ./node_modules (not global); the lock pins the version
+$(ANVIL): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $(ANVIL)
+
+install: $(STAMP) $(ANVIL)
 
 ## run depositd on embedded defaults (SQLite under ./var/, demo merchant, example requests)
 dev: install

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,44 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 if tally[(engine, o)]
             ]
             terminalreporter.write_line(f"{engine:>10}: {', '.join(parts) or 'none ran'}")
+
+
+ANVIL = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "anvil"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def anvil_url() -> Iterator[str]:
+    """A real anvil dev chain (from ./node_modules, installed by make) for this session."""
+    if not ANVIL.exists():
+        raise RuntimeError(f"{ANVIL} is missing: run 'make install' (npm ci) first")
+    port = _free_port()
+    with subprocess.Popen(  # noqa: S603 - our own dev dependency
+        [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as node:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or node.poll() is not None:
+                    raise RuntimeError("anvil did not start") from None
+                time.sleep(0.05)
+        try:
+            yield url
+        finally:
+            node.terminate()
+            node.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

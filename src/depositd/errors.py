@@ -7,6 +7,7 @@ DepositdError
 │   ├── UnknownAsset             asset code not in the configuration
 │   ├── UnknownOwner             no such user or deposit address for this merchant
 │   └── ObservationConflict      an observation contradicts what we recorded for that deposit
+├── RpcError                     talking to a chain node failed (depositd.chain.rpc)
 ├── NotFound                     the resource does not exist for this merchant
 ├── Conflict                     the request clashes with a resource's state (HTTP 409)
 └── IllegalTransition            a deposit state change the state machine forbids (a bug)
