@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Row, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.tables import (
@@ -93,6 +94,10 @@ class MerchantRepository:
         return bool(result.rowcount)
 
 
+class AddressTaken(Exception):
+    """An address row clashed with a unique key (a concurrent allocation won the race)."""
+
+
 @dataclass(frozen=True)
 class Owner:
     merchant_id: str
@@ -141,6 +146,24 @@ class UserRepository:
         address: str,
         now: datetime,
         derivation_index: int | None = None,
+    ) -> None:
+        """Raises ``AddressTaken`` if the address, the user's chain or the index is in use."""
+        try:
+            await self._insert_address(
+                address_id, user_id, merchant_id, chain, address, now, derivation_index
+            )
+        except IntegrityError as exc:
+            raise AddressTaken(f"{chain} address for user {user_id} collides") from exc
+
+    async def _insert_address(
+        self,
+        address_id: str,
+        user_id: str,
+        merchant_id: str,
+        chain: str,
+        address: str,
+        now: datetime,
+        derivation_index: int | None,
     ) -> None:
         await self._conn.execute(
             addresses.insert().values(

@@ -6,11 +6,11 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy.exc import IntegrityError
 
 from depositd.chain.addresses import WatchOnlyKey
 from depositd.clock import utcnow
 from depositd.db.engine import Database
+from depositd.db.repositories import AddressTaken
 from depositd.db.uow import UnitOfWork
 from depositd.errors import Conflict, InputError, NotFound
 from depositd.ids import new_id
@@ -75,7 +75,7 @@ async def deposit_address(
                     new_id("adr"), user.id, merchant_id, chain, address, utcnow(), index
                 )
                 await uow.commit()
-            except IntegrityError:
+            except AddressTaken:
                 continue  # another request took this index, or this user's address: look again
             return _address(chain, address, index, True)
     raise Conflict("could not allocate an address under contention; try again")
