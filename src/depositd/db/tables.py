@@ -252,3 +252,15 @@ deliveries = Table(
     UniqueConstraint("endpoint_id", "event_seq"),
     Index(None, "status", "next_attempt_at"),
 )
+
+#: the watcher's view of each chain's recent canonical blocks: the highest row is its cursor
+#: (every block up to it has been scanned); rows within the reorg window let it find the fork
+#: point after a restart; older rows are pruned
+chain_blocks = Table(
+    "chain_blocks",
+    metadata,
+    Column("chain", String(40), primary_key=True),
+    Column("number", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(66), nullable=False),
+    Column("parent_hash", String(66), nullable=False),
+)
