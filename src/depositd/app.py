@@ -18,18 +18,31 @@ from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.services.group_commit import Recorder
+from depositd.workers.supervisor import Workers
 
 
-def create_app(config: Config, db: Database | None = None) -> FastAPI:
-    """Build the app; it owns (and disposes) ``db`` unless one is passed in."""
+def create_app(config: Config, db: Database | None = None, *, workers: bool = False) -> FastAPI:
+    """Build the app; it owns (and disposes) ``db`` unless one is passed in.
+
+    With ``workers`` it also runs the background loops (chain watchers, order expiry) while
+    it serves.
+    """
     owns_db = db is None
     database = db if db is not None else Database(config.database_url())
+    assets = config.asset_book()
+    background = Workers(config, database, assets) if workers else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_db:
-            await database.dispose()
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                await background.stop()
+            if owns_db:
+                await database.dispose()
 
     app = FastAPI(
         title="depositd",
@@ -37,12 +50,12 @@ def create_app(config: Config, db: Database | None = None) -> FastAPI:
         summary="Credit every crypto deposit exactly once and tell everyone who needs to know.",
         lifespan=lifespan,
     )
-    assets = config.asset_book()
     app.state.ctx = AppContext(
         db=database,
         assets=assets,
         chains=frozenset(config.chains),
         recorder=Recorder(database, assets),
+        chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
     )
     problems.install(app)
     app.include_router(router)
@@ -51,7 +64,11 @@ def create_app(config: Config, db: Database | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="The database answers and its schema is current")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="The database answers and its schema is current; each chain watcher's lag",
+    )
     async def readyz() -> JSONResponse:
         try:
             async with database.reader.connect() as conn:
@@ -61,7 +78,10 @@ def create_app(config: Config, db: Database | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, 503)
         if not current:
             return JSONResponse({"status": "unavailable", "error": "migrations pending"}, 503)
-        return JSONResponse({"status": "ok"})
+        watchers = background.watchers if background is not None else {}
+        return JSONResponse(
+            {"status": "ok", "watchers": {n: w.status.as_dict() for n, w in watchers.items()}}
+        )
 
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,17 +14,19 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from depositd import devchain
 from depositd.chain.addresses import WatchOnlyKey
-from depositd.config import Config, load_config
+from depositd.chain.rpc import EvmRpc
+from depositd.config import ChainConfig, Config, load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current, upgrade
+from depositd.domain.assets import AssetBook
 from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
 from depositd.services import addresses, merchants
 
 log = structlog.get_logger("depositd")
 
-DEMO_MERCHANT = "demo"
 #: xpub at m/44'/60'/0'/0 of anvil's default mnemonic ("test test ... junk"): the demo
 #: merchant's addresses are anvil's funded dev accounts. Never use it for real money.
 DEV_XPUB = (
@@ -52,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve the API only; run the chain watchers and sweepers with 'depositd worker'",
+    )
+
+    commands.add_parser(
+        "worker",
+        help="run the background workers without the API",
+        description="Run the chain watcher of every chain with an rpc_url, and the deposit"
+        " order expiry sweeper, until stopped (SIGTERM or Ctrl-C).",
+    )
 
     commands.add_parser(
         "migrate",
@@ -61,13 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser(
         "dev",
-        help="migrate, create a demo merchant and API key, print examples, serve",
-        description="Everything on embedded defaults for trying depositd out: migrates the"
-        " database, ensures a merchant named 'demo', issues it a fresh API key,"
-        " prints example requests and serves the API.",
+        help="a local chain, a demo merchant and API key, examples, the API and workers",
+        description="Everything on embedded defaults for trying depositd out: starts the"
+        " local anvil chain (from ./node_modules) unless it is running, deploys the demo token,"
+        " migrates the database, ensures a merchant named 'demo', issues it a fresh API key,"
+        " prints what to try, and serves the API with the chain watcher.",
     )
     dev.add_argument("--host", help="listen address (default: server.host)")
     dev.add_argument("--port", type=int, help="listen port (default: server.port)")
+    dev_verbs = dev.add_subparsers(dest="verb", metavar="VERB")
+    simulate = dev_verbs.add_parser(
+        "simulate",
+        help="send demo deposits on the dev chain and follow them to 'credited'",
+        description="Send a demo deposit of ETH and of the demo token to a user's address on"
+        " the dev chain, and print each deposit's status as the running 'depositd dev'"
+        " watches it reach 'credited'.",
+    )
+    simulate.add_argument("--user", default="alice", help="the user's id (default: alice)")
+    simulate.add_argument(
+        "--amount",
+        action="append",
+        metavar="ASSET=AMOUNT",
+        help="what to send, repeatable (default: ETH=0.5 and USDT=25)",
+    )
 
     merchant_cmd = commands.add_parser("merchants", help="create and list merchants")
     merchant_verbs = merchant_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -120,8 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     try:
+        if args.command == "dev" and args.verb == "simulate":
+            return asyncio.run(_simulate(config, args))
         if args.command in ("serve", "dev"):
             return _serve(config, args, dev=args.command == "dev")
+        if args.command == "worker":
+            return asyncio.run(_work(config))
         return asyncio.run(_admin(config, args))
     except ConfigError as exc:
         print(f"depositd: config error: {exc}", file=sys.stderr)
@@ -188,37 +224,61 @@ async def _require_schema(db: Database) -> None:
         )
 
 
-async def _prepare_dev(db: Database, base_url: str) -> None:
-    await upgrade(db)
-    existing = [m for m in await merchants.list_merchants(db) if m.name == DEMO_MERCHANT]
-    merchant = existing[0] if existing else await merchants.create_merchant(db, DEMO_MERCHANT)
-    await addresses.set_xpub(db, merchant.id, DEV_XPUB)
-    key = await merchants.create_api_key(db, merchant.id, "make dev")
+def _dev_chain(config: Config) -> tuple[str, ChainConfig]:
+    for name, chain in config.chains.items():
+        if chain.rpc_url is not None:
+            return name, chain
+    raise ConfigError("chains: no chain has an rpc_url for the dev chain")
+
+
+async def _prepare_dev(
+    config: Config, db: Database, base_url: str
+) -> subprocess.Popen[bytes] | None:
+    """Start the dev chain and its demo token, migrate, make the demo merchant; print how to
+    try it. Returns the anvil process if this started it."""
+    name, chain = _dev_chain(config)
+    node = await devchain.start_anvil(chain, Path("var") / f"{name}-chain.json")
+    try:
+        assert chain.rpc_url is not None
+        async with EvmRpc(chain.rpc_url) as rpc:
+            tokens = [a for a in config.asset_book().values() if a.chain == name and a.contract]
+            for token in tokens:
+                await devchain.ensure_demo_token(rpc, token)
+        await upgrade(db)
+        merchant_id = await devchain.demo_merchant(db)
+        key = await merchants.create_api_key(db, merchant_id, "make dev")
+    except BaseException:
+        if node is not None:
+            node.terminate()
+        raise
     auth = f"-H 'Authorization: Bearer {key.secret}'"
+    json = "-H 'Content-Type: application/json'"
+    started = "started by depositd dev" if node else "already running"
     print(
         f"""
 depositd dev — database {db.safe_url()}
-demo merchant {merchant.id}, API key (new on every start):
+dev chain {name}: {chain.rpc_url} ({started})
+demo tokens: {", ".join(f"{t.code} at {t.contract}" for t in tokens) or "none"}
+demo merchant {merchant_id}, API key (new on every start):
 
     {key.secret}
 
-Try:
-  curl -s {auth} -H 'Content-Type: application/json' \\
-       -d '{{"external_id": "alice"}}' {base_url}/v1/users
-  curl -s {auth} -H 'Content-Type: application/json' \\
-       -d '{{"provider": "demo", "provider_deposit_id": "dep-1", "user": "alice",
-            "asset": "USDT", "amount": "25.5", "status": "succeeded"}}' \\
-       {base_url}/v1/observations
-  curl -s {auth} -H 'Content-Type: application/json' \\
-       -d '{{"chain": "anvil"}}' {base_url}/v1/users/alice/addresses
+Try, in another terminal:
+  depositd dev simulate          # sends 0.5 ETH and 25 USDT to alice, follows them to credited
+  curl -s {auth} {json} -d '{{"external_id": "alice"}}' {base_url}/v1/users
+  curl -s {auth} {json} -d '{{"chain": "{name}"}}' {base_url}/v1/users/alice/addresses
+  curl -s {auth} {json} -d '{{"user": "alice", "asset": "USDT", "amount": "10"}}' \\
+       {base_url}/v1/deposit-orders
   curl -s {auth} {base_url}/v1/users/alice/balances
   curl -s {auth} '{base_url}/v1/deposits?limit=10'
   curl -s {auth} -H 'Accept-Language: zh-CN' '{base_url}/v1/deposits?limit=1'
   curl -s {auth} '{base_url}/v1/events?after=0'
+  curl -s {base_url}/readyz                  # the chain watcher's head, cursor and lag
 API reference: {base_url}/docs   (OpenAPI: {base_url}/openapi.json)
 """,
         flush=True,
     )
+    return node
 
 
 def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
@@ -230,16 +290,18 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     db = Database(config.database_url())
+    workers = dev or not args.no_workers
 
     async def run() -> None:
+        node = None
         if dev:
-            await _prepare_dev(db, f"http://{host}:{port}")
+            node = await _prepare_dev(config, db, f"http://{host}:{port}")
         else:
             await _require_schema(db)
-        log.info("starting", database=db.safe_url(), host=host, port=port)
+        log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config, db),
+                create_app(config, db, workers=workers),
                 host=host,
                 port=port,
                 log_config=None,
@@ -253,9 +315,60 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
             await server.serve()
         finally:
             await db.dispose()
+            if node is not None:
+                node.terminate()  # anvil writes its state file on the way out
+                node.wait(timeout=15)
 
     asyncio.run(run())
     return 0
+
+
+async def _work(config: Config) -> int:
+    from depositd.workers.supervisor import Workers
+
+    db = Database(config.database_url())
+    try:
+        await _require_schema(db)
+        workers = Workers(config, db, config.asset_book())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("workers starting", database=db.safe_url(), chains=sorted(workers.watchers))
+        workers.start()
+        await stop.wait()
+        log.info("workers stopping")
+        await workers.stop()
+    finally:
+        await db.dispose()
+    return 0
+
+
+async def _simulate(config: Config, args: argparse.Namespace) -> int:
+    name, chain = _dev_chain(config)
+    assets = config.asset_book()
+    amounts = {}
+    for item in args.amount or _default_amounts(assets, name):
+        code, sep, amount = item.partition("=")
+        if not sep or not amount:
+            raise DepositdError(f"--amount {item!r}: write ASSET=AMOUNT, for example ETH=0.5")
+        amounts[assets[code].code] = amount
+    db = Database(config.database_url())
+    try:
+        await _require_schema(db)
+        settled = await devchain.simulate(db, assets, name, chain, args.user, amounts)
+    finally:
+        await db.dispose()
+    credited = sum(d.status.value == "credited" for d in settled)
+    print(f"{credited} of {len(settled)} deposits credited")
+    return 0 if credited == len(settled) else 1
+
+
+def _default_amounts(assets: AssetBook, chain: str) -> list[str]:
+    on_chain = [a for a in assets.values() if a.chain == chain]
+    native = [f"{a.code}=0.5" for a in on_chain if a.contract is None][:1]
+    tokens = [f"{a.code}=25" for a in on_chain if a.contract is not None][:1]
+    return native + tokens
 
 
 if __name__ == "__main__":

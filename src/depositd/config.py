@@ -53,6 +53,23 @@ class ServerConfig(_Section):
 class ChainConfig(_Section):
     chain_id: int = Field(ge=1)
     block_time_seconds: float = Field(12.0, gt=0)
+    #: the node's JSON-RPC URL; without one, nothing watches this chain
+    rpc_url: str | None = Field(None, pattern=r"^https?://")
+    #: the node's WebSocket URL: ``newHeads`` wakes the watcher at once (else it polls)
+    ws_url: str | None = Field(None, pattern=r"^wss?://")
+    #: how often to ask for the head when no ``newHeads`` notification comes
+    poll_interval_seconds: float = Field(1.0, gt=0, le=600)
+    #: first block to scan on a fresh database: a number, or "latest" (the head at start)
+    start_block: int | Literal["latest"] = "latest"
+    #: recent block hashes kept to find the fork point of a reorg; deeper reorgs cannot be
+    #: undone, so keep it above every asset's required confirmations
+    reorg_window: int = Field(128, ge=2, le=10_000)
+    #: most blocks scanned in one round (one database transaction)
+    max_blocks_per_round: int = Field(200, ge=1, le=10_000)
+    #: calls per JSON-RPC batch request, and batch requests in flight at once
+    rpc_batch_size: int = Field(50, ge=1, le=1000)
+    rpc_concurrency: int = Field(4, ge=1, le=64)
+    rpc_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
 
 class TierConfig(_Section):
@@ -118,6 +135,15 @@ class Config(_Section):
                     tiers=tiers,
                 )
             )
+        for cfg in self.assets:
+            chain = self.chains[cfg.chain]
+            deepest = max([cfg.confirmations, *(t.confirmations for t in cfg.tiers)])
+            if chain.rpc_url is not None and deepest >= chain.reorg_window:
+                raise ConfigError(
+                    f"chains.{cfg.chain}.reorg_window: {chain.reorg_window} blocks cannot undo a"
+                    f" reorg of a credited {cfg.code} deposit ({deepest} confirmations);"
+                    " make it larger"
+                )
         codes = [asset.code for asset in book]
         if len(set(codes)) != len(codes):
             raise ConfigError("assets: asset codes must be unique")

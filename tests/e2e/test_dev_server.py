@@ -21,8 +21,11 @@ def free_port() -> int:
 
 
 def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
-    port = free_port()
+    port, chain_port = free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITD_")}
+    # its own dev chain: a developer's `make dev` may be using the default port
+    environ["DEPOSITD_CHAINS__ANVIL__RPC_URL"] = f"http://127.0.0.1:{chain_port}"
+    environ["DEPOSITD_CHAINS__ANVIL__WS_URL"] = f"ws://127.0.0.1:{chain_port}"
     with subprocess.Popen(  # noqa: S603 - our own command
         [sys.executable, "-m", "depositd.cli", "dev", "--port", str(port)],
         cwd=tmp_path,
@@ -33,10 +36,27 @@ def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
     ) as server:
         try:
             key = _use_as_printed(server, port)
+            simulated = subprocess.run(
+                [sys.executable, "-m", "depositd.cli", "dev", "simulate", "--user", "bob"],
+                cwd=tmp_path,
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
         finally:
             server.terminate()
             _, stderr = server.communicate(timeout=15)
+    assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+    lines = simulated.stdout.splitlines()
+    for symbol in ("ETH", "USDT"):
+        # pending and confirming show too unless the machine is slow enough to skip a block
+        seen = [line.split()[2] for line in lines if line.split()[1:2] == [symbol]]
+        assert seen[-1] == "credited", simulated.stdout
+    assert lines[-1] == "2 of 2 deposits credited"
     assert (tmp_path / "var" / "depositd.db").exists()
+    assert (tmp_path / "var" / "anvil-chain.json").exists()  # the dev chain outlives a restart
     assert "Application startup complete" in stderr
     assert key not in stderr  # the key is shown to the operator, never logged
 

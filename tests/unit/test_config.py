@@ -271,3 +271,22 @@ def test_a_database_url_with_a_bad_port_in_the_file_is_refused_by_name(write: Wr
 )
 def test_a_refused_database_url_does_not_reveal_its_password(url: str) -> None:
     assert "hunter2" not in _refused(None, {"DEPOSITD_DATABASE__URL": url})
+
+
+def test_a_watched_chain_needs_a_reorg_window_deeper_than_any_confirmations(
+    write: WriteConfig,
+) -> None:
+    watched = CHAINS + 'rpc_url = "http://node:8545"\nreorg_window = 64\n'
+    with pytest.raises(ConfigError, match=r"chains\.mainnet\.reorg_window: 64 blocks cannot undo"):
+        load_config(write(watched + ETH_ASSET))  # its top tier needs 64 confirmations
+
+
+def test_a_chain_node_url_must_be_http_and_the_start_block_a_number_or_latest() -> None:
+    with pytest.raises(ConfigError, match=r"chains\.anvil\.rpc_url"):
+        load_config(environ={"DEPOSITD_CHAINS__ANVIL__RPC_URL": "ftp://node"})
+    with pytest.raises(ConfigError, match=r"chains\.anvil\.start_block"):
+        load_config(environ={"DEPOSITD_CHAINS__ANVIL__START_BLOCK": "soon"})
+    started = load_config(environ={"DEPOSITD_CHAINS__ANVIL__START_BLOCK": "latest"})
+    assert started.chains["anvil"].start_block == "latest"
+    numbered = load_config(environ={"DEPOSITD_CHAINS__ANVIL__START_BLOCK": "1200"})
+    assert numbered.chains["anvil"].start_block == 1200

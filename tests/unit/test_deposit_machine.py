@@ -316,6 +316,17 @@ def test_moving_to_another_block_with_fewer_confirmations_is_news() -> None:
     assert transition.confirmations == 1
 
 
+@pytest.mark.parametrize("before", [chain(0), chain(0, "A"), chain(2, "A")])
+def test_moving_into_the_newest_block_is_pending_again_in_that_block(
+    before: Observation,
+) -> None:
+    deposit = see(before)
+    transition = decide(deposit, chain(0, "B"), ETH)
+    assert transition is not None
+    assert transition.to_status is S.PENDING
+    assert (transition.block_hash, transition.confirmations) == ("B", 0)
+
+
 # -- reorgs ----------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -22,6 +23,8 @@ class AppContext:
     #: configured chain names
     chains: frozenset[str]
     recorder: Recorder
+    #: each configured chain's EIP-155 chain id, by name (payment URIs carry it)
+    chain_ids: Mapping[str, int]
 
 
 def context(request: Request) -> AppContext:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -20,6 +21,8 @@ from depositd.api.schemas import (
     EventPage,
     ObservationIn,
     ObservationOut,
+    OrderIn,
+    OrderOut,
     TransactionOut,
     TransactionPage,
     Transition,
@@ -31,7 +34,8 @@ from depositd.api.schemas import (
 from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
 from depositd.domain.money import format_amount, parse_amount
-from depositd.services import addresses, queries, users
+from depositd.qr import qr_svg
+from depositd.services import addresses, orders, queries, users
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
 
@@ -251,6 +255,59 @@ async def list_events(
         data=[EventOut(**event.envelope()) for event in events],
         next_after=events[-1].seq if events else after,
     )
+
+
+OrderId = Annotated[str, Path(max_length=40, description="the order's id (ord_…)")]
+
+
+@router.post(
+    "/deposit-orders",
+    response_model=OrderOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: problem_responses(409)[409]},
+    tags=["deposit orders"],
+    summary="Ask a user to pay an asset (optionally an exact amount) before a deadline",
+)
+async def create_deposit_order(body: OrderIn, merchant_id: MerchantId, ctx: Context) -> OrderOut:
+    asset = ctx.assets[body.asset]
+    amount = None if body.amount is None else parse_amount(body.amount, asset.decimals)
+    detail = await orders.create_order(
+        ctx.db,
+        ctx.chain_ids,
+        ctx.assets,
+        merchant_id,
+        body.user,
+        asset.code,
+        amount,
+        timedelta(seconds=body.expires_in_seconds),
+        method=body.method,
+    )
+    return OrderOut.of(detail, asset, qr_svg(detail.payment_uri))
+
+
+@router.get(
+    "/deposit-orders/{order_id}",
+    response_model=OrderOut,
+    tags=["deposit orders"],
+    summary="An order with its progress and the deposits attributed to it",
+)
+async def get_deposit_order(order_id: OrderId, merchant_id: MerchantId, ctx: Context) -> OrderOut:
+    detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
+    return OrderOut.of(detail, ctx.assets[detail.order.asset], qr_svg(detail.payment_uri))
+
+
+@router.get(
+    "/deposit-orders/{order_id}/qr.svg",
+    response_class=Response,
+    responses={200: {"content": {"image/svg+xml": {}}, "description": "The QR code"}},
+    tags=["deposit orders"],
+    summary="The order's payment URI as a QR code (SVG)",
+)
+async def get_deposit_order_qr(
+    order_id: OrderId, merchant_id: MerchantId, ctx: Context
+) -> Response:
+    detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
+    return Response(qr_svg(detail.payment_uri), media_type="image/svg+xml")
 
 
 def _require_known(ctx: AppContext, asset: str | None) -> None:

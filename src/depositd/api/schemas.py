@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from eth_utils.address import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from depositd.domain.assets import Asset
 from depositd.domain.deposits import DepositState, ProviderStatus
 from depositd.domain.messages import render
 from depositd.domain.money import format_amount
+from depositd.domain.orders import DEFAULT_EXPIRY, MAX_EXPIRY, MIN_EXPIRY, OrderMethod
+from depositd.services.orders import OrderDetail
 from depositd.services.users import User
 
 EXTERNAL_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -228,3 +231,108 @@ def format_balance(asset: Asset, available: int, locked: int) -> BalanceOut:
         locked=format_amount(locked, asset.decimals),
         locked_base_units=str(locked),
     )
+
+
+class OrderIn(_In):
+    user: StrictStr = Field(pattern=EXTERNAL_ID, description="the user's external_id")
+    asset: StrictStr = Field(min_length=1, max_length=40)
+    amount: StrictStr | None = Field(
+        None,
+        max_length=100,
+        description="decimal string in whole units, e.g. '12.5'; leave out to accept any amount",
+    )
+    method: OrderMethod = Field(
+        OrderMethod.CRYPTO, description="only 'crypto' for now: an on-chain transfer"
+    )
+    expires_in_seconds: int = Field(
+        int(DEFAULT_EXPIRY.total_seconds()),
+        ge=int(MIN_EXPIRY.total_seconds()),
+        le=int(MAX_EXPIRY.total_seconds()),
+        strict=True,
+    )
+
+
+class OrderDepositOut(BaseModel):
+    id: str
+    amount: str
+    amount_base_units: str
+    status: str
+    #: first seen after the order's deadline
+    late: bool
+    created_at: datetime
+
+
+class OrderProgressOut(BaseModel):
+    #: awaiting_payment, confirming, paid, underpaid, overpaid or expired
+    status: str
+    #: a deposit that counts was first seen after the deadline
+    paid_late: bool
+    credited: str
+    credited_base_units: str
+    #: on its way: pending, confirming or held for review
+    incoming: str
+    incoming_base_units: str
+    deposits: list[OrderDepositOut]
+
+
+class OrderOut(BaseModel):
+    id: str
+    user: dict[str, str]
+    method: str
+    asset: str
+    chain: str
+    #: EIP-55 checksummed
+    address: str
+    #: None: any amount
+    amount: str | None
+    amount_base_units: str | None
+    #: EIP-681 payment request
+    payment_uri: str
+    #: the payment URI as a QR code, an SVG document
+    qr_svg: str
+    expires_at: datetime
+    expired_at: datetime | None
+    created_at: datetime
+    progress: OrderProgressOut
+
+    @classmethod
+    def of(cls, detail: OrderDetail, asset: Asset, qr_svg: str) -> OrderOut:
+        order, progress = detail.order, detail.progress
+
+        def amount(base_units: int) -> str:
+            return format_amount(base_units, asset.decimals)
+
+        return cls(
+            id=order.id,
+            user={"id": order.user_id, "external_id": order.user_external_id},
+            method=order.method.value,
+            asset=order.asset,
+            chain=order.chain,
+            address=to_checksum_address(order.address),
+            amount=None if order.amount is None else amount(order.amount),
+            amount_base_units=None if order.amount is None else str(order.amount),
+            payment_uri=detail.payment_uri,
+            qr_svg=qr_svg,
+            expires_at=order.expires_at,
+            expired_at=order.expired_at,
+            created_at=order.created_at,
+            progress=OrderProgressOut(
+                status=progress.status.value,
+                paid_late=progress.paid_late,
+                credited=amount(progress.credited),
+                credited_base_units=str(progress.credited),
+                incoming=amount(progress.incoming),
+                incoming_base_units=str(progress.incoming),
+                deposits=[
+                    OrderDepositOut(
+                        id=p.deposit.id,
+                        amount=amount(p.deposit.amount),
+                        amount_base_units=str(p.deposit.amount),
+                        status=p.deposit.status.value,
+                        late=p.late,
+                        created_at=p.deposit.created_at,
+                    )
+                    for p in progress.deposits
+                ],
+            ),
+        )

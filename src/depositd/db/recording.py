@@ -21,13 +21,15 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from depositd.db.engine import Database
 from depositd.db.repositories import (
+    ADVANCE_EVENT_COUNTER,
     DEPOSIT_WITH_USER,
+    QUEUE_DELIVERIES,
     deposit_changes,
     deposit_from_row,
     deposit_row,
@@ -35,11 +37,7 @@ from depositd.db.repositories import (
 from depositd.db.tables import (
     Amount,
     accounts,
-    deliveries,
     deposits,
-    endpoint_subscriptions,
-    endpoints,
-    event_counter,
     ledger_entries,
 )
 from depositd.db.tables import events as events_table
@@ -111,45 +109,6 @@ _UPSERT_ACCOUNTS = (
         },
     )
     .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
-)
-
-_ADVANCE_COUNTER = (
-    update(event_counter)
-    .where(event_counter.c.id == 1)
-    .values(last_seq=event_counter.c.last_seq + bindparam("n"))
-    .returning(event_counter.c.last_seq)
-)
-
-#: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
-_QUEUE_DELIVERIES = deliveries.insert().from_select(
-    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
-    select(
-        endpoints.c.id,
-        events_table.c.seq,
-        literal("pending"),
-        literal(0),
-        bindparam("now", type_=deliveries.c.next_attempt_at.type),
-        bindparam("now", type_=deliveries.c.created_at.type),
-    )
-    .distinct()
-    .select_from(events_table)
-    .join(
-        endpoints,
-        and_(
-            endpoints.c.merchant_id == events_table.c.merchant_id, endpoints.c.disabled_at.is_(None)
-        ),
-    )
-    .join(
-        endpoint_subscriptions,
-        and_(
-            endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
-            or_(
-                endpoint_subscriptions.c.event_type == events_table.c.type,
-                endpoint_subscriptions.c.event_type == "*",
-            ),
-        ),
-    )
-    .where(events_table.c.seq.between(bindparam("first"), bindparam("last"))),
 )
 
 
@@ -244,7 +203,7 @@ class _SqliteStore:
             self._post(postings, now)
         if not events:
             return []
-        last = self.conn.execute(_ADVANCE_COUNTER, {"n": len(events)}).scalar_one()
+        last = self.conn.execute(ADVANCE_EVENT_COUNTER, {"n": len(events)}).scalar_one()
         first = last - len(events) + 1
         self.conn.execute(
             events_table.insert(),
@@ -262,7 +221,7 @@ class _SqliteStore:
                 for offset, event in enumerate(events)
             ],
         )
-        self.conn.execute(_QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
+        self.conn.execute(QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
 
     def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:

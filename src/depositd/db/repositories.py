@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -19,17 +19,22 @@ from depositd.db.tables import (
     accounts,
     addresses,
     api_keys,
+    chain_blocks,
     deliveries,
+    deposit_orders,
     deposits,
     endpoint_subscriptions,
     endpoints,
+    event_counter,
     events,
     ledger_entries,
     merchants,
     users,
 )
 from depositd.domain.deposits import ChainRef, DepositState, DepositStatus, ProviderRef
+from depositd.domain.events import PendingEvent
 from depositd.domain.messages import Message
+from depositd.domain.orders import AttributedDeposit, DepositOrder, OrderMethod
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -452,9 +457,78 @@ class AccountRepository:
         return [group for group, total in sums.items() if total != 0]
 
 
+#: hands out the next ``n`` seqs; its row lock orders event writers until they commit
+ADVANCE_EVENT_COUNTER = (
+    update(event_counter)
+    .where(event_counter.c.id == 1)
+    .values(last_seq=event_counter.c.last_seq + bindparam("n"))
+    .returning(event_counter.c.last_seq)
+)
+
+#: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
+QUEUE_DELIVERIES = deliveries.insert().from_select(
+    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
+    select(
+        endpoints.c.id,
+        events.c.seq,
+        literal("pending"),
+        literal(0),
+        bindparam("now", type_=deliveries.c.next_attempt_at.type),
+        bindparam("now", type_=deliveries.c.created_at.type),
+    )
+    .distinct()
+    .select_from(events)
+    .join(
+        endpoints,
+        and_(endpoints.c.merchant_id == events.c.merchant_id, endpoints.c.disabled_at.is_(None)),
+    )
+    .join(
+        endpoint_subscriptions,
+        and_(
+            endpoint_subscriptions.c.endpoint_id == endpoints.c.id,
+            or_(
+                endpoint_subscriptions.c.event_type == events.c.type,
+                endpoint_subscriptions.c.event_type == "*",
+            ),
+        ),
+    )
+    .where(events.c.seq.between(bindparam("first"), bindparam("last"))),
+)
+
+
 class EventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+
+    async def append(self, pending: Sequence[PendingEvent], now: datetime) -> list[int]:
+        """Append events with the next seqs and queue their deliveries; the seqs given.
+
+        Call last in the unit of work: from here the event cursor is locked until commit.
+        (Recording deposits appends through ``db.recording``, tuned for its batches.)
+        """
+        if not pending:
+            return []
+        result = await self._conn.execute(ADVANCE_EVENT_COUNTER, {"n": len(pending)})
+        last: int = result.scalar_one()
+        first = last - len(pending) + 1
+        await self._conn.execute(
+            events.insert(),
+            [
+                {
+                    "seq": first + offset,
+                    "id": event.id,
+                    "merchant_id": event.merchant_id,
+                    "type": event.type,
+                    "deposit_id": event.deposit_id,
+                    "version": event.version,
+                    "data": event.data,
+                    "created_at": event.created_at,
+                }
+                for offset, event in enumerate(pending)
+            ],
+        )
+        await self._conn.execute(QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
+        return list(range(first, last + 1))
 
     async def after(self, merchant_id: str, after: int, limit: int) -> Sequence[Row[Any]]:
         result = await self._conn.execute(
@@ -509,3 +583,227 @@ class EndpointRepository:
             .order_by(deliveries.c.event_seq)
         )
         return [(row.event_seq, row.type) for row in result]
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    number: int
+    hash: str
+    parent_hash: str
+
+
+class ChainRepository:
+    """The chain watcher's state: its window of recent blocks and what it watches."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def blocks(self, chain: str) -> list[BlockRow]:
+        result = await self._conn.execute(
+            select(chain_blocks.c.number, chain_blocks.c.hash, chain_blocks.c.parent_hash)
+            .where(chain_blocks.c.chain == chain)
+            .order_by(chain_blocks.c.number)
+        )
+        return [BlockRow(row.number, row.hash, row.parent_hash) for row in result]
+
+    async def save_blocks(
+        self, chain: str, new: Sequence[BlockRow], *, drop_above: int | None, keep_from: int
+    ) -> None:
+        """Forget blocks above ``drop_above`` (a reorg's fork point), add ``new``, prune."""
+        here = chain_blocks.c.chain == chain
+        if drop_above is not None:
+            await self._conn.execute(
+                chain_blocks.delete().where(here, chain_blocks.c.number > drop_above)
+            )
+        if new:
+            await self._conn.execute(
+                chain_blocks.insert(),
+                [
+                    {
+                        "chain": chain,
+                        "number": b.number,
+                        "hash": b.hash,
+                        "parent_hash": b.parent_hash,
+                    }
+                    for b in new
+                ],
+            )
+        await self._conn.execute(
+            chain_blocks.delete().where(here, chain_blocks.c.number < keep_from)
+        )
+
+    async def deposits(
+        self, chain: str, statuses: Iterable[DepositStatus], *, above_block: int | None = None
+    ) -> list[DepositState]:
+        """Deposits on ``chain`` in these states (in blocks above ``above_block``, if given)."""
+        query = DEPOSIT_WITH_USER.where(
+            deposits.c.chain == chain, deposits.c.status.in_([s.value for s in statuses])
+        )
+        if above_block is not None:
+            query = query.where(deposits.c.block_number > above_block)
+        result = await self._conn.execute(query.order_by(deposits.c.block_number, deposits.c.id))
+        return [deposit_from_row(row._mapping) for row in result]
+
+    async def addresses_since(self, chain: str, since: datetime | None) -> list[str]:
+        query = select(addresses.c.address).where(addresses.c.chain == chain)
+        if since is not None:
+            query = query.where(addresses.c.created_at >= since)
+        result = await self._conn.execute(query)
+        return [row.address for row in result]
+
+
+ORDER_WITH_USER = select(deposit_orders, users.c.external_id).join(
+    users, users.c.id == deposit_orders.c.user_id
+)
+
+
+def order_from_row(row: Mapping[Any, Any]) -> DepositOrder:
+    """An order from a row of ``deposit_orders`` joined with the user's ``external_id``."""
+    return DepositOrder(
+        id=row["id"],
+        merchant_id=row["merchant_id"],
+        user_id=row["user_id"],
+        user_external_id=row["external_id"],
+        method=OrderMethod(row["method"]),
+        asset=row["asset"],
+        chain=row["chain"],
+        address=row["address"],
+        amount=row["amount"],
+        expires_at=row["expires_at"],
+        expired_at=row["expired_at"],
+        created_at=row["created_at"],
+    )
+
+
+class OrderRepository:
+    """Deposit orders, the deposits attributed to them, and their expiry."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, order: DepositOrder) -> None:
+        await self._conn.execute(
+            deposit_orders.insert().values(
+                id=order.id,
+                merchant_id=order.merchant_id,
+                user_id=order.user_id,
+                method=order.method.value,
+                asset=order.asset,
+                chain=order.chain,
+                address=order.address.lower(),
+                amount=order.amount,
+                expires_at=order.expires_at,
+                expired_at=order.expired_at,
+                created_at=order.created_at,
+            )
+        )
+
+    async def get(self, merchant_id: str, order_id: str) -> DepositOrder | None:
+        result = await self._conn.execute(
+            ORDER_WITH_USER.where(
+                deposit_orders.c.id == order_id, deposit_orders.c.merchant_id == merchant_id
+            )
+        )
+        row = result.first()
+        return None if row is None else order_from_row(row._mapping)
+
+    async def attributed_deposits(
+        self, order_ids: Iterable[str]
+    ) -> dict[str, list[AttributedDeposit]]:
+        """Each order's deposits, oldest first.
+
+        A deposit belongs to its user's latest order of its asset created at or before the
+        deposit was first seen (ties between orders go to the larger id): an order's window
+        runs from its own ``created_at`` up to, not including, that of the order after it.
+        """
+        wanted = set(order_ids)
+        found: dict[str, list[AttributedDeposit]] = {order_id: [] for order_id in wanted}
+        if not wanted:
+            return found
+        order = deposit_orders.alias("o")
+        later = deposit_orders.alias("later")
+        window_end = (
+            select(func.min(later.c.created_at))
+            .where(
+                later.c.user_id == order.c.user_id,
+                later.c.asset == order.c.asset,
+                or_(
+                    later.c.created_at > order.c.created_at,
+                    and_(later.c.created_at == order.c.created_at, later.c.id > order.c.id),
+                ),
+            )
+            .scalar_subquery()
+        )
+        result = await self._conn.execute(
+            select(
+                order.c.id.label("order_id"),
+                deposits.c.id,
+                deposits.c.amount,
+                deposits.c.status,
+                deposits.c.created_at,
+            )
+            .select_from(
+                order.join(
+                    deposits,
+                    and_(
+                        deposits.c.user_id == order.c.user_id,
+                        deposits.c.asset == order.c.asset,
+                        deposits.c.created_at >= order.c.created_at,
+                        or_(window_end.is_(None), deposits.c.created_at < window_end),
+                    ),
+                )
+            )
+            .where(order.c.id.in_(wanted))
+            .order_by(deposits.c.created_at, deposits.c.id)
+        )
+        for row in result:
+            found[row.order_id].append(
+                AttributedDeposit(row.id, row.amount, DepositStatus(row.status), row.created_at)
+            )
+        return found
+
+    async def claim_due(
+        self, now: datetime, assets: Iterable[str], limit: int
+    ) -> list[DepositOrder]:
+        """Orders of these assets past their deadline that the sweeper has not decided yet.
+
+        On PostgreSQL they stay locked until commit, and rows another sweeper holds are
+        skipped: concurrent sweepers take disjoint batches.
+        """
+        result = await self._conn.execute(
+            ORDER_WITH_USER.where(
+                deposit_orders.c.expiry_checked_at.is_(None),
+                deposit_orders.c.expires_at <= now,
+                deposit_orders.c.asset.in_(set(assets)),
+            )
+            .order_by(deposit_orders.c.expires_at, deposit_orders.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=deposit_orders)
+        )
+        return [order_from_row(row._mapping) for row in result]
+
+    async def decide_expiry(
+        self, expired_ids: Iterable[str], paid_ids: Iterable[str], now: datetime
+    ) -> set[str]:
+        """Mark orders decided at their deadline; the ids this call actually expired.
+
+        Only orders not decided yet change, so of concurrent sweepers exactly one expires
+        (and announces) each order.
+        """
+        undecided = deposit_orders.c.expiry_checked_at.is_(None)
+        if paid := sorted(set(paid_ids)):
+            await self._conn.execute(
+                update(deposit_orders)
+                .where(deposit_orders.c.id.in_(paid), undecided)
+                .values(expiry_checked_at=now)
+            )
+        expired = sorted(set(expired_ids))
+        if not expired:
+            return set()
+        result = await self._conn.execute(
+            update(deposit_orders)
+            .where(deposit_orders.c.id.in_(expired), undecided)
+            .values(expiry_checked_at=now, expired_at=now)
+            .returning(deposit_orders.c.id)
+        )
+        return set(result.scalars())

@@ -135,6 +135,8 @@ addresses = Table(
     UniqueConstraint("chain", "address"),
     UniqueConstraint("user_id", "chain"),
     UniqueConstraint("merchant_id", "chain", "derivation_index"),
+    #: the chain watcher picks up new addresses by creation time
+    Index(None, "chain", "created_at"),
 )
 
 deposits = Table(
@@ -166,6 +168,36 @@ deposits = Table(
     _ts("updated_at"),
     Index(None, "merchant_id", "id"),
     Index(None, "merchant_id", "status", "id"),
+    # a deposit order's deposits: one user's deposits of one asset within a time window
+    Index(None, "user_id", "asset", "created_at"),
+)
+
+#: requests that a user pay an asset to their deposit address before a deadline; a deposit
+#: belongs to the user's latest order of its asset created at or before it was first seen
+deposit_orders = Table(
+    "deposit_orders",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("user_id", ForeignKey("users.id"), nullable=False),
+    Column("method", String(20), nullable=False),
+    Column("asset", String(40), nullable=False),
+    Column("chain", String(40), nullable=False),
+    #: lower-case hex for EVM chains
+    Column("address", String(128), nullable=False),
+    #: base units asked for; NULL: any amount
+    Column("amount", Amount(), nullable=True),
+    _ts("expires_at"),
+    #: when the expiry sweeper decided the order (expired, or already paid); NULL until then
+    _ts("expiry_checked_at", nullable=True),
+    #: set with ``expiry_checked_at`` when the deadline passed without full payment
+    _ts("expired_at", nullable=True),
+    _ts("created_at"),
+    Index(None, "merchant_id", "id"),
+    # attribution: a user's orders of one asset in creation order
+    Index(None, "user_id", "asset", "created_at"),
+    # the expiry sweeper's due orders
+    Index(None, "expiry_checked_at", "expires_at"),
 )
 
 accounts = Table(

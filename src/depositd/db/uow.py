@@ -9,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from depositd.db.engine import Database
 from depositd.db.repositories import (
     AccountRepository,
+    ChainRepository,
     DepositRepository,
     EndpointRepository,
     EventRepository,
     MerchantRepository,
+    OrderRepository,
     UserRepository,
 )
 
@@ -44,6 +46,8 @@ class UnitOfWork:
         self.accounts = AccountRepository(conn)
         self.events = EventRepository(conn)
         self.endpoints = EndpointRepository(conn)
+        self.orders = OrderRepository(conn)
+        self.chains = ChainRepository(conn)
         return self
 
     async def commit(self) -> None:

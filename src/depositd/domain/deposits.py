@@ -21,9 +21,10 @@ from depositd.errors import IllegalTransition, InputError, ObservationConflict
 
 
 class DepositStatus(StrEnum):
-    #: seen (mempool, or a provider says it is on its way), not yet in a block
+    #: seen, no confirmation yet: in the mempool, in the newest block (nothing mined on top
+    #: of it yet), or a provider says it is on its way
     PENDING = "pending"
-    #: in a block, fewer confirmations than the asset requires
+    #: in a block with blocks mined on top, fewer than the asset requires
     CONFIRMING = "confirming"
     #: final enough: the ledger holds its credit
     CREDITED = "credited"
@@ -43,11 +44,15 @@ S = DepositStatus
 
 #: Allowed status changes. ``None`` is a deposit seen for the first time. ORPHANED and REVERSED
 #: deposits may come back when their transaction is mined again in the new canonical chain;
-#: CONFIRMING -> CONFIRMING is progress (more confirmations) and also makes an event.
+#: CONFIRMING -> CONFIRMING is progress (more confirmations) and also makes an event. A pending
+#: or confirming deposit whose transaction a reorg moved into the new newest block is PENDING
+#: again, in that block.
 TRANSITIONS: Mapping[DepositStatus | None, frozenset[DepositStatus]] = {
     None: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED}),
-    S.PENDING: frozenset({S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED, S.ORPHANED}),
-    S.CONFIRMING: frozenset({S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}),
+    S.PENDING: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED, S.ORPHANED}),
+    S.CONFIRMING: frozenset(
+        {S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}
+    ),
     S.CREDITED: frozenset({S.REVERSED}),
     S.HELD: frozenset({S.CREDITED, S.REJECTED, S.ORPHANED}),
     S.ORPHANED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED}),
@@ -147,8 +152,9 @@ class ToAddress:
 class Observation:
     """What one source saw about one deposit at one moment.
 
-    Chain sources give ``confirmations`` (0 = mempool) and ``block_hash``; provider sources
-    give ``provider_status``. ``removed`` says a reorg took the block holding it away.
+    Chain sources give ``confirmations`` — the blocks mined on top of the deposit's block, so
+    0 in the mempool (no ``block_hash``) and in the newest block — and ``block_hash``; provider
+    sources give ``provider_status``. ``removed`` says a reorg took the block holding it away.
     """
 
     ref: ChainRef | ProviderRef
@@ -316,8 +322,8 @@ def _chain_progress(
         message = Message("confirmed", {"confirmations": confirmations})
         return _to(deposit, S.CREDITED, obs, message, Posting.CREDIT, required)
     if confirmations == 0:
-        if deposit is not None and deposit.status in (S.PENDING, S.CONFIRMING):
-            return None  # back in the mempool is a removal, which says so itself
+        # in the mempool, or in the newest block; a deposit already known gets here only when
+        # it moved to another block (the stale check above drops everything else)
         return _to(
             deposit,
             S.PENDING,

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from eth_utils.address import to_checksum_address
+
 from depositd.domain.assets import Asset
 from depositd.domain.deposits import ChainRef, DepositState
 from depositd.domain.money import format_amount
+from depositd.domain.orders import DepositOrder
 
 #: every event type depositd emits (DESIGN §2)
 EVENT_TYPES = (
@@ -68,4 +71,44 @@ def deposit_event(event_id: str, deposit: DepositState, asset: Asset) -> Pending
         version=deposit.version,
         data=data,
         created_at=deposit.updated_at,
+    )
+
+
+def order_expired_event(
+    event_id: str,
+    order: DepositOrder,
+    asset: Asset,
+    credited: int,
+    incoming: int,
+    now: datetime,
+) -> PendingEvent:
+    """The event announcing that ``order``'s deadline passed without full payment.
+
+    ``incoming`` says how much was still on its way: a payment made in time may yet be
+    credited, and the order's status will then show it.
+    """
+    data: dict[str, Any] = {
+        "id": order.id,
+        "user": {"id": order.user_id, "external_id": order.user_external_id},
+        "method": order.method.value,
+        "asset": asset.code,
+        "chain": order.chain,
+        "address": to_checksum_address(order.address),
+        "amount": None if order.amount is None else format_amount(order.amount, asset.decimals),
+        "amount_base_units": None if order.amount is None else str(order.amount),
+        "credited": format_amount(credited, asset.decimals),
+        "credited_base_units": str(credited),
+        "incoming": format_amount(incoming, asset.decimals),
+        "incoming_base_units": str(incoming),
+        "expires_at": order.expires_at.isoformat(),
+        "expired_at": now.isoformat(),
+    }
+    return PendingEvent(
+        id=event_id,
+        type="deposit_order.expired",
+        merchant_id=order.merchant_id,
+        deposit_id=None,
+        version=None,
+        data=data,
+        created_at=now,
     )

@@ -1,4 +1,4 @@
-"""The chain watcher's cursor and reorg window: recent canonical blocks per chain.
+"""The chain watcher's cursor and reorg window, and an index to find new addresses.
 
 Revision ID: 0005
 Revises: 0004
@@ -25,7 +25,11 @@ def upgrade() -> None:
         sa.Column("parent_hash", sa.String(length=66), nullable=False),
         sa.PrimaryKeyConstraint("chain", "number", name=op.f("pk_chain_blocks")),
     )
+    op.create_index(
+        op.f("ix_addresses_chain_created_at"), "addresses", ["chain", "created_at"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_addresses_chain_created_at"), table_name="addresses")
     op.drop_table("chain_blocks")

@@ -1,6 +1,6 @@
 # pragma version ~=0.4.3
 """
-@title A plain ERC-20 for tests: the honest token depositd accepts.
+@title A plain ERC-20: the demo token of `depositd dev`, and the honest token in tests.
 @notice The deployer holds the whole supply.
 """
 

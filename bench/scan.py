@@ -1,0 +1,771 @@
+"""Chain watcher scan speed against the bare fetch of the same blocks, its latency and memory.
+
+On a fresh database holding --addresses watched deposit addresses, a private anvil chain gets
+--blocks blocks holding --deposits deposits (ETH and an ERC-20 token, USDT, sent to random
+watched addresses) among --noise unrelated transactions (ETH between unwatched addresses,
+token transfers to unwatched addresses). Both assets need 0 confirmations, so every deposit
+goes from first sight to credited in one round. Then, in one run:
+
+  floor     ChainReader.read_range over the same blocks, --max-blocks-per-round at a time,
+            with the same JSON-RPC batching: the blocks with their transactions and the
+            token's Transfer logs, nothing else. Run before and after the watcher; the faster
+            of the two is the floor.
+  watcher   a ChainWatcher from the first bench block, ``step()`` until it is at the head,
+            every deposit credited (counted in the database, checked against those sent).
+  latency   the watcher following the chain (``run()``, newHeads over WebSocket) while
+            blocks with deposits are mined at a steady rate: from the moment anvil_mine
+            returns to the ``deposit.credited`` event appended (``events.created_at``, stamped
+            when the recording transaction starts) and to the round's commit.
+  memory    RSS before and after the watcher loads the watched addresses, and the peak over
+            the load and the scan.
+
+Ratios compare figures of the same run only; the machine is shared and noisy.
+
+    .venv/bin/python bench/scan.py [--engine sqlite|postgresql] [--addresses 100000]
+        [--blocks 2000] [--deposits 20000] [--noise 20000] [--batch-size 50]
+        [--max-blocks-per-round 200] [--concurrency 4] [--live-blocks 240]
+        [--live-interval 0.25] [--quick] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import gc
+import io
+import os
+import pstats
+import random
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import vyper
+from eth_abi import encode
+from eth_utils.crypto import keccak
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+import depositd
+from depositd.chain.evm import ChainReader
+from depositd.chain.rpc import EvmRpc
+from depositd.config import ChainConfig
+from depositd.db import tables
+from depositd.db.engine import Database
+from depositd.db.migrate import upgrade
+from depositd.domain.assets import Asset, AssetBook
+from depositd.ids import new_id
+from depositd.services import merchants
+from depositd.workers.watcher import ChainWatcher
+
+ROOT = Path(__file__).resolve().parents[1]
+ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
+#: the plain ERC-20 depositd ships for demos (it lived in tests/contracts before)
+TOKEN_SOURCES = (
+    Path(depositd.__file__).parent / "contracts" / "token.vy",
+    ROOT / "tests" / "contracts" / "token.vy",
+)
+PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+CHAIN = "anvil"
+CHAIN_ID = 31337
+#: anvil's dev accounts (unlocked, 10,000 ETH each) used as senders, one nonce sequence each
+SENDERS = 10
+TRANSFER = "0x" + keccak(text="transfer(address,uint256)")[:4].hex()
+#: gas limits given up front, so anvil does not estimate each transaction
+ETH_GAS, TOKEN_GAS = 21_000, 90_000
+#: users and addresses per INSERT batch in the setup
+SETUP_BATCH = 5_000
+
+QUICK = {
+    "addresses": 2_000,
+    "blocks": 100,
+    "deposits": 500,
+    "noise": 300,
+    "live_blocks": 20,
+    "live_interval": 0.1,
+}
+
+
+# -- anvil -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def anvil_node() -> Iterator[int]:
+    """Our own anvil on a free port, mining only when told (``anvil_mine``); yields the port."""
+    port = _free_port()
+    command = [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"]
+    # --no-mining packs a block's worth of transactions per anvil_mine; base fee 0 lets
+    # transactions carry gasPrice 0, so no fee estimation per send
+    command += ["--no-mining", "--base-fee", "0", "--accounts", str(SENDERS)]
+    with subprocess.Popen(  # noqa: S603 - our own dev dependency
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as node:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or node.poll() is not None:
+                    raise RuntimeError("anvil did not start") from None
+                time.sleep(0.05)
+        try:
+            yield port
+        finally:
+            node.terminate()
+            node.wait(timeout=10)
+
+
+class Senders:
+    """anvil's unlocked accounts, taken in turn, each with its next nonce."""
+
+    def __init__(self, accounts: list[str], nonces: list[int | str]) -> None:
+        self.accounts = accounts
+        self._nonces = [int(n, 16) if isinstance(n, str) else n for n in nonces]
+        self._turn = 0
+
+    def next(self) -> dict[str, Any]:
+        index = self._turn % len(self.accounts)
+        self._turn += 1
+        nonce = self._nonces[index]
+        self._nonces[index] += 1
+        return {"from": self.accounts[index], "nonce": hex(nonce), "gasPrice": "0x0"}
+
+
+def eth_transfer(senders: Senders, to: str, value: int) -> dict[str, Any]:
+    return {**senders.next(), "to": to, "value": hex(value), "gas": hex(ETH_GAS)}
+
+
+def token_transfer(senders: Senders, token: str, to: str, value: int) -> dict[str, Any]:
+    data = TRANSFER + encode(["address", "uint256"], [to, value]).hex()
+    return {**senders.next(), "to": token, "data": data, "gas": hex(TOKEN_GAS)}
+
+
+async def mine(rpc: EvmRpc) -> None:
+    await rpc.call("anvil_mine", "0x1")
+
+
+async def deploy_token(rpc: EvmRpc) -> tuple[str, Senders]:
+    """The USDT token (the plain ERC-20 in token.vy), its supply spread over every sender."""
+    source = next(path for path in TOKEN_SOURCES if path.exists()).read_text()
+    bytecode = vyper.compile_code(source, output_formats=["bytecode"])["bytecode"]
+    accounts: list[str] = (await rpc.call("eth_accounts"))[:SENDERS]
+    supply = 10**30
+    arguments = encode(["string", "string", "uint8", "uint256"], ["Tether USD", "USDT", 6, supply])
+    tx_hash = await rpc.call(
+        "eth_sendTransaction",
+        {"from": accounts[0], "data": bytecode + arguments.hex(), "gas": hex(3_000_000)},
+    )
+    await mine(rpc)
+    receipt = await rpc.call("eth_getTransactionReceipt", tx_hash)
+    assert receipt["status"] == "0x1", receipt
+    token: str = receipt["contractAddress"].lower()
+    # the deployer keeps one share of the supply and sends one to each other sender
+    deployer = Senders(accounts[:1], [await rpc.call("eth_getTransactionCount", accounts[0],
+                                                     "latest")])  # fmt: skip
+    share = supply // SENDERS
+    await rpc.batch(
+        [("eth_sendTransaction", [token_transfer(deployer, token, a, share)]) for a in accounts[1:]]
+    )
+    await mine(rpc)
+    nonces = await rpc.batch([("eth_getTransactionCount", [a, "latest"]) for a in accounts])
+    return token, Senders(accounts, nonces)
+
+
+# -- the chain the watcher scans ----------------------------------------------------------------
+
+
+@dataclass
+class BenchChain:
+    """What was put on the chain, to check the watcher's findings against."""
+
+    port: int
+    token: str
+    senders: Senders
+    watched: list[str]
+    rng: random.Random
+    watched_set: frozenset[str] = frozenset()
+    first: int = 0
+    last: int = 0
+    eth_deposits: list[str] = field(default_factory=list)
+    token_deposits: int = 0
+    noise: int = 0
+    #: (ETH deposits, token deposits, other transactions) in blocks first..last
+    scanned: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def deposits(self) -> int:
+        return len(self.eth_deposits) + self.token_deposits
+
+    def unwatched(self) -> str:
+        while True:
+            address = f"0x{self.rng.getrandbits(160):040x}"
+            if address not in self.watched_set:
+                return address
+
+    async def mine_block(self, rpc: EvmRpc, deposits: int, noise: int) -> None:
+        """One block holding ``deposits`` deposits among ``noise`` other transactions."""
+        txs: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(deposits):
+            to = self.rng.choice(self.watched)
+            if self.rng.random() < 0.5:
+                txs.append(("eth", eth_transfer(self.senders, to, self.rng.randint(1, 10**15))))
+            else:
+                value = self.rng.randint(1, 10**9)
+                txs.append(("token", token_transfer(self.senders, self.token, to, value)))
+        for n in range(noise):
+            to = self.unwatched()
+            if n % 2:
+                txs.append(("noise", eth_transfer(self.senders, to, self.rng.randint(1, 10**15))))
+            else:
+                value = self.rng.randint(1, 10**9)
+                txs.append(("noise", token_transfer(self.senders, self.token, to, value)))
+        # nonces of one sender must stay in order within a block; across senders, mix
+        if txs:
+            hashes = await rpc.batch([("eth_sendTransaction", [tx]) for _, tx in txs])
+            for (kind, _), tx_hash in zip(txs, hashes, strict=True):
+                if kind == "eth":
+                    self.eth_deposits.append(tx_hash)
+                elif kind == "token":
+                    self.token_deposits += 1
+                else:
+                    self.noise += 1
+        await mine(rpc)
+
+
+def spread(total: int, parts: int, index: int) -> int:
+    """The ``index``-th of ``parts`` near-equal shares of ``total``."""
+    return total * (index + 1) // parts - total * index // parts
+
+
+async def build_chain(port: int, watched: list[str], args: argparse.Namespace) -> BenchChain:
+    started = time.perf_counter()
+    async with EvmRpc(f"http://127.0.0.1:{port}") as rpc:
+        token, senders = await deploy_token(rpc)
+        chain = BenchChain(
+            port, token, senders, watched, random.Random(f"chain {args.seed}"), frozenset(watched)
+        )
+        chain.first = await rpc.block_number() + 1
+        step = max(1, args.blocks // 10)
+        for index in range(args.blocks):
+            await chain.mine_block(
+                rpc,
+                spread(args.deposits, args.blocks, index),
+                spread(args.noise, args.blocks, index),
+            )
+            if (index + 1) % step == 0 or index + 1 == args.blocks:
+                print(
+                    f"  chain: {index + 1:,}/{args.blocks:,} blocks mined, {chain.deposits:,}"
+                    f" deposits, {chain.noise:,} other transactions"
+                    f" ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+        chain.last = await rpc.block_number()
+        chain.scanned = (len(chain.eth_deposits), chain.token_deposits, chain.noise)
+        pool = await rpc.call("txpool_status")
+        assert int(pool["pending"], 16) == 0, f"transactions left unmined: {pool}"
+        assert chain.last - chain.first + 1 == args.blocks
+    return chain
+
+
+# -- the database -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(engine: str) -> AsyncIterator[Database]:
+    """An empty, migrated database on ``engine``, removed afterwards."""
+    if engine == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
+            try:
+                await upgrade(db)
+                yield db
+            finally:
+                await db.dispose()
+        return
+    admin = make_url(PG_URL)
+    name = f"depositd_bench_{uuid.uuid4().hex[:8]}"
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    db = Database(admin.set(database=name))
+    try:
+        await upgrade(db)
+        yield db
+    finally:
+        await db.dispose()
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def add_watched_addresses(db: Database, watched: list[str], age: timedelta) -> None:
+    """One merchant, and one user per address; made ``age`` ago."""
+    merchant = await merchants.create_merchant(db, "bench")
+    created_at = datetime.now(UTC) - age
+    for start in range(0, len(watched), SETUP_BATCH):
+        user_rows, address_rows = [], []
+        for n, address in enumerate(watched[start : start + SETUP_BATCH], start):
+            user_id = new_id("usr")
+            user_rows.append(
+                {
+                    "id": user_id,
+                    "merchant_id": merchant.id,
+                    "external_id": f"u{n}",
+                    "created_at": created_at,
+                }
+            )
+            address_rows.append(
+                {
+                    "id": new_id("adr"),
+                    "merchant_id": merchant.id,
+                    "user_id": user_id,
+                    "chain": CHAIN,
+                    "address": address,
+                    "derivation_index": None,
+                    "created_at": created_at,
+                }
+            )
+        async with db.writer.begin() as conn:
+            await conn.execute(tables.users.insert(), user_rows)
+            await conn.execute(tables.addresses.insert(), address_rows)
+
+
+async def credited_in(db: Database, first: int, last: int) -> list[tuple[int, datetime]]:
+    """(block, event created_at) of every ``deposit.credited`` event in blocks first..last."""
+    deposits, events = tables.deposits, tables.events
+    query = (
+        select(deposits.c.block_number, events.c.created_at)
+        .join(events, events.c.deposit_id == deposits.c.id)
+        .where(
+            events.c.type == "deposit.credited",
+            deposits.c.chain == CHAIN,
+            deposits.c.block_number.between(first, last),
+        )
+    )
+    async with db.reader.connect() as conn:
+        return [(row.block_number, row.created_at) for row in await conn.execute(query)]
+
+
+async def deposits_by_status(db: Database) -> dict[str, int]:
+    deposits = tables.deposits
+    query = select(deposits.c.status, func.count()).group_by(deposits.c.status)
+    async with db.reader.connect() as conn:
+        return {row[0]: row[1] for row in await conn.execute(query)}
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def rss_mb(field_name: str = "VmRSS") -> float:
+    """This process's resident memory (or its peak, ``VmHWM``) in MB."""
+    status = Path("/proc/self/status").read_text()
+    found = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
+    assert found, f"no {field_name} in /proc/self/status"
+    return int(found.group(1)) / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart ``VmHWM`` from the current RSS (Linux: ``clear_refs``); False if not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class StageClock:
+    """Wall time spent in each awaited stage, summed over calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, step: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await step(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+
+        return timed
+
+
+def clock_stages(watcher: ChainWatcher) -> StageClock:
+    """Time the watcher's stages by wrapping them on this instance (reaches into privates)."""
+    stages = StageClock()
+    reader = watcher._reader
+    reader.head_and_block = stages.wrap("head + cursor check", reader.head_and_block)  # type: ignore[method-assign]
+    reader.read_range = stages.wrap("blocks + logs (read_range)", reader.read_range)  # type: ignore[method-assign]
+    reader.receipts = stages.wrap("receipts of ETH deposits", reader.receipts)  # type: ignore[method-assign]
+    watched = watcher._watched
+    watched.refresh = stages.wrap("address refresh", watched.refresh)  # type: ignore[method-assign]
+    watcher._record = stages.wrap("record (one transaction)", watcher._record)  # type: ignore[method-assign]
+    watcher._advance = stages.wrap("save cursor window", watcher._advance)  # type: ignore[method-assign]
+    return stages
+
+
+def watcher_config(chain: BenchChain, args: argparse.Namespace, **changes: Any) -> ChainConfig:
+    settings: dict[str, Any] = {
+        "chain_id": CHAIN_ID,
+        "rpc_url": chain.url,
+        "block_time_seconds": 1.0,
+        "start_block": chain.first,
+        "max_blocks_per_round": args.max_blocks_per_round,
+        "rpc_batch_size": args.batch_size,
+        "rpc_concurrency": args.concurrency,
+    }
+    settings.update(changes)
+    return ChainConfig(**settings)
+
+
+def bench_assets(token: str) -> AssetBook:
+    """ETH and USDT, credited at first sight (0 confirmations), any amount above zero."""
+    return AssetBook(
+        [
+            Asset("ETH", CHAIN, "ETH", 18, 1, 0, block_time_seconds=1.0),
+            Asset("USDT", CHAIN, "USDT", 6, 1, 0, contract=token, block_time_seconds=1.0),
+        ]
+    )
+
+
+async def fetch_floor(chain: BenchChain, args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds to read the bench blocks and logs as the watcher does, and nothing else; then
+    seconds to read the ETH deposits' receipts the same way (the watcher needs those too)."""
+    async with EvmRpc(chain.url) as rpc:
+        reader = ChainReader(rpc, batch_size=args.batch_size, concurrency=args.concurrency)
+        await rpc.block_number()  # open the connection outside the timing, as a watcher has
+        parent = None
+        started = time.perf_counter()
+        for first in range(chain.first, chain.last + 1, args.max_blocks_per_round):
+            last = min(chain.last, first + args.max_blocks_per_round - 1)
+            found = await reader.read_range(
+                first, last, contracts=[chain.token], transactions=True, parent_hash=parent
+            )
+            parent = found.last.hash
+        blocks_and_logs = time.perf_counter() - started
+        eth_deposits = chain.eth_deposits[: chain.scanned[0]]
+        per_round = max(1, len(eth_deposits) * args.max_blocks_per_round // args.blocks)
+        started = time.perf_counter()
+        for first in range(0, len(eth_deposits), per_round):
+            await reader.receipts(eth_deposits[first : first + per_round])
+        return blocks_and_logs, time.perf_counter() - started
+
+
+@dataclass
+class Scan:
+    seconds: float
+    stages: dict[str, float]
+    rounds: int
+    rss_before: float
+    rss_loaded: float
+    rss_peak: float | None
+    load_seconds: float
+    profile: str | None
+
+
+async def scan(db: Database, chain: BenchChain, args: argparse.Namespace) -> Scan:
+    """The watcher from the first bench block to the head, every deposit credited."""
+    watcher = ChainWatcher(db, bench_assets(chain.token), CHAIN, watcher_config(chain, args))
+    async with watcher:
+        gc.collect()
+        rss_before = rss_mb()
+        peak_known = reset_peak_rss()
+        # step() would load on its first round; loading here keeps the load out of the scan's
+        # time and lets RSS be read around it
+        started = time.perf_counter()
+        await watcher._load()
+        load_seconds = time.perf_counter() - started
+        rss_loaded = rss_mb()
+        assert watcher.status.watched_addresses == len(chain.watched)
+        stages = clock_stages(watcher)
+        profiler = cProfile.Profile() if args.profile else None
+        rounds = 1
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        while await watcher.step():
+            rounds += 1
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+        assert watcher.status.cursor == chain.last, watcher.status
+    printed = None
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+        printed = out.getvalue()
+    return Scan(
+        seconds,
+        dict(stages.seconds),
+        rounds,
+        rss_before,
+        rss_loaded,
+        rss_mb("VmHWM") if peak_known else None,
+        load_seconds,
+        printed,
+    )
+
+
+@dataclass
+class Latency:
+    blocks: int
+    deposits: int
+    appended_ms: list[float]
+    committed_ms: list[float]
+    rounds: int
+
+
+async def follow_live(db: Database, chain: BenchChain, args: argparse.Namespace) -> Latency:
+    """Blocks with deposits mined at a steady rate while the watcher follows the chain."""
+    async with EvmRpc(chain.url) as rpc:
+        start = await rpc.block_number() + 1
+        config = watcher_config(
+            chain,
+            args,
+            start_block=start,
+            ws_url=f"ws://127.0.0.1:{chain.port}",
+            poll_interval_seconds=args.live_poll,
+        )
+        watcher = ChainWatcher(db, bench_assets(chain.token), CHAIN, config)
+        # when each round ended and how far it had committed
+        rounds: list[tuple[float, int | None]] = []
+        step = watcher.step
+
+        async def noted_step() -> bool:
+            behind = await step()
+            rounds.append((time.time(), watcher.status.cursor))
+            return behind
+
+        watcher.step = noted_step  # type: ignore[method-assign]
+        following = asyncio.create_task(watcher.run())
+        while not rounds:  # loaded and at the head  # noqa: ASYNC110 - it is our own loop
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # the newHeads subscription is up
+        deposits_before = chain.deposits
+        per_block = max(1, args.deposits // args.blocks)
+        noise = args.noise // args.blocks
+        mined_at: dict[int, float] = {}
+        began = time.perf_counter()
+        for index in range(args.live_blocks):
+            await asyncio.sleep(max(0.0, began + index * args.live_interval - time.perf_counter()))
+            await chain.mine_block(rpc, per_block, noise)
+            mined_at[start + index] = time.time()
+        last = start + args.live_blocks - 1
+        deadline = time.monotonic() + 60
+        while (watcher.status.cursor or 0) < last:
+            assert time.monotonic() < deadline, f"the watcher did not reach {last}"
+            await asyncio.sleep(0.05)
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+    sent = chain.deposits - deposits_before
+    credited = await credited_in(db, start, last)
+    assert len(credited) == sent, f"{len(credited)} credited of {sent} live deposits"
+    committed_at = {}
+    for block in mined_at:
+        committed_at[block] = next(
+            t for t, cursor in rounds if cursor is not None and cursor >= block
+        )
+    return Latency(
+        blocks=args.live_blocks,
+        deposits=sent,
+        appended_ms=[(at.timestamp() - mined_at[block]) * 1000 for block, at in credited],
+        committed_ms=[(committed_at[block] - mined_at[block]) * 1000 for block, _ in credited],
+        rounds=len(rounds),
+    )
+
+
+def percentile(values: list[float], p: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> None:
+    rng = random.Random(f"addresses {args.seed}")
+    watched = sorted({f"0x{rng.getrandbits(160):040x}" for _ in range(args.addresses)})
+    with anvil_node() as port:
+        print(f"anvil on port {port}; building the chain", flush=True)
+        chain = await build_chain(port, watched, args)
+        async with fresh_database(args.engine) as db:
+            started = time.perf_counter()
+            await add_watched_addresses(db, watched, timedelta(minutes=args.address_age))
+            print(
+                f"  {args.engine}: {len(watched):,} watched addresses stored"
+                f" ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+            floor_before, receipts_before = await fetch_floor(chain, args)
+            print(f"  floor: {floor_before:.2f} s", flush=True)
+            scanned = await scan(db, chain, args)
+            print(f"  watcher: {scanned.seconds:.2f} s", flush=True)
+            statuses = await deposits_by_status(db)
+            sent = chain.scanned[0] + chain.scanned[1]
+            assert statuses == {"credited": sent}, f"sent {sent:,} deposits; found {statuses}"
+            floor_after, receipts_after = await fetch_floor(chain, args)
+            print(f"  floor: {floor_after:.2f} s", flush=True)
+            live = await follow_live(db, chain, args)
+    report(args, chain, statuses, (floor_before, floor_after), (receipts_before, receipts_after),
+           scanned, live)  # fmt: skip
+
+
+def report(
+    args: argparse.Namespace,
+    chain: BenchChain,
+    statuses: dict[str, int],
+    floors: tuple[float, float],
+    receipts: tuple[float, float],
+    scanned: Scan,
+    live: Latency,
+) -> None:
+    blocks = chain.last - chain.first + 1
+    eth, token, noise = chain.scanned
+    scan_deposits = eth + token
+    credited = statuses.get("credited", 0)
+    print()
+    if scanned.profile:
+        print(scanned.profile)
+        print("(profiled: the watcher's figures below include cProfile's overhead)")
+    print(
+        f"scan.py {args.engine}: {len(chain.watched):,} watched addresses;"
+        f" blocks {chain.first:,}..{chain.last:,} ({blocks:,}) holding {scan_deposits:,}"
+        f" deposits ({eth:,} ETH, {token:,} USDT) among {noise:,} other transactions"
+    )
+    print(
+        f"RPC: {args.batch_size} calls per batch, {args.concurrency} batches in flight,"
+        f" {args.max_blocks_per_round} blocks per round; deposits need 0 confirmations"
+    )
+    assert credited == scan_deposits, f"{credited:,} credited of {scan_deposits:,} sent"
+    print(f"credited {credited:,} of {scan_deposits:,} deposits sent (statuses: {statuses})")
+    floor = min(floors)
+    print(f"{'':<34} {'seconds':>8} {'blocks/s':>9} {'deposits/s':>11}")
+    for name, seconds in (
+        ("floor: blocks + logs (before)", floors[0]),
+        ("floor: blocks + logs (after)", floors[1]),
+        ("watcher: first sight to credited", scanned.seconds),
+    ):
+        print(
+            f"{name:<34} {seconds:>8.2f} {blocks / seconds:>9,.0f}"
+            f" {scan_deposits / seconds:>11,.0f}"
+        )
+    ratio = floor / scanned.seconds
+    print(f"watcher / floor (the faster floor): {ratio:.0%}")
+    with_receipts = floor + min(receipts)
+    print(
+        f"not in the floor, the watcher also reads the {eth:,} ETH deposits' receipts:"
+        f" {min(receipts):.2f} s alone; floor + receipts {with_receipts:.2f} s,"
+        f" watcher / that {with_receipts / scanned.seconds:.0%}"
+    )
+    print(f"watcher: {scanned.rounds} rounds; where its time went:")
+    accounted = 0.0
+    for stage, seconds in sorted(scanned.stages.items(), key=lambda s: -s[1]):
+        accounted += seconds
+        print(f"  {stage:<32} {seconds:>6.2f} s {seconds / scanned.seconds:>5.0%}")
+    rest = scanned.seconds - accounted
+    print(
+        f"  {'the rest (finding transfers, ...)':<32} {rest:>6.2f} s {rest / scanned.seconds:>5.0%}"
+    )
+    print(f"loading the addresses (before the scan): {scanned.load_seconds:.2f} s")
+    per_100k = 100_000 / len(chain.watched)
+    loaded = scanned.rss_loaded - scanned.rss_before
+    print(
+        f"RSS: {scanned.rss_before:,.0f} MB before loading the addresses,"
+        f" {scanned.rss_loaded:,.0f} MB after (+{loaded:,.0f} MB,"
+        f" {loaded * per_100k:,.0f} MB per 100,000 addresses)"
+    )
+    growth = None
+    if scanned.rss_peak is not None:
+        growth = scanned.rss_peak - scanned.rss_before
+        print(
+            f"RSS peak over load + scan: {scanned.rss_peak:,.0f} MB (+{growth:,.0f} MB,"
+            f" {growth * per_100k:,.0f} MB per 100,000 addresses)"
+        )
+    peak_process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the whole process (setup included): {peak_process:,.0f} MB")
+    p50, p99 = percentile(live.appended_ms, 50), percentile(live.appended_ms, 99)
+    c50, c99 = percentile(live.committed_ms, 50), percentile(live.committed_ms, 99)
+    print(
+        f"latency: {live.blocks} blocks one every {args.live_interval} s, {live.deposits:,}"
+        f" deposits, {live.rounds} watcher rounds (newHeads over WebSocket, poll"
+        f" {args.live_poll} s)"
+    )
+    print(f"  mined -> deposit.credited appended: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms,"
+          f" max {max(live.appended_ms):,.0f} ms")  # fmt: skip
+    print(f"  mined -> round committed:           p50 {c50:,.0f} ms, p99 {c99:,.0f} ms,"
+          f" max {max(live.committed_ms):,.0f} ms")  # fmt: skip
+    rate = scan_deposits / scanned.seconds
+    growth_100k = (growth if growth is not None else loaded) * per_100k
+    print("targets:")
+    for name, value, met in (
+        ("watcher >= 60% of the floor", f"{ratio:.0%}", ratio >= 0.6),
+        (">= 2,000 deposits/s", f"{rate:,.0f}/s", rate >= 2000),
+        ("p99 mined -> credited < 250 ms", f"{p99:,.0f} ms", p99 < 250),
+        ("RSS growth < 100 MB per 100k addresses", f"{growth_100k:,.0f} MB", growth_100k < 100),
+    ):
+        print(f"  {name:<40} {value:>10}  {'met' if met else 'MISSED'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--addresses", type=int, default=100_000, help="watched addresses")
+    parser.add_argument("--blocks", type=int, default=2_000, help="blocks to scan")
+    parser.add_argument("--deposits", type=int, default=20_000, help="deposits in them")
+    parser.add_argument("--noise", type=int, default=20_000, help="unrelated transactions")
+    parser.add_argument("--batch-size", type=int, default=50, help="calls per JSON-RPC batch")
+    parser.add_argument("--max-blocks-per-round", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")
+    parser.add_argument("--live-blocks", type=int, default=240, help="blocks in latency phase")
+    parser.add_argument("--live-interval", type=float, default=0.25, help="seconds per block")
+    parser.add_argument("--live-poll", type=float, default=0.1, help="watcher poll interval")
+    parser.add_argument(
+        "--address-age",
+        type=float,
+        default=60,
+        help="minutes since the addresses were made (the watcher re-reads addresses made in"
+        " the last 5 minutes on every round)",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="cProfile the watcher's scan")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Deposit orders: payment URIs (EIP-681) and how far the deposits attributed to one got.
+
+An order asks a user to pay an asset (optionally an exact amount) to their deposit address
+before a deadline. Which deposits belong to which order is decided by the service (see
+``depositd.services.orders``); here we only judge the deposits we are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from eth_utils.address import to_checksum_address
+
+from depositd.domain.assets import Asset
+from depositd.domain.deposits import DepositStatus
+
+#: shortest and longest time an order may stay open
+MIN_EXPIRY = timedelta(seconds=60)
+MAX_EXPIRY = timedelta(days=7)
+DEFAULT_EXPIRY = timedelta(hours=1)
+
+
+class OrderMethod(StrEnum):
+    """How the user pays."""
+
+    #: an on-chain transfer to the user's deposit address
+    CRYPTO = "crypto"
+    #: a bank transfer through a payment provider (not supported yet)
+    BANK_TRANSFER = "bank_transfer"
+    #: a card payment through a payment provider (not supported yet)
+    CARD = "card"
+
+
+class OrderStatus(StrEnum):
+    """Where an order stands, judged from its credited and incoming deposits."""
+
+    #: nothing arrived yet, and the order is still open
+    AWAITING_PAYMENT = "awaiting_payment"
+    #: something is on its way (pending, confirming or held), nothing credited yet
+    CONFIRMING = "confirming"
+    #: credited exactly the amount asked (or anything, when no amount was asked)
+    PAID = "paid"
+    #: credited less than the amount asked
+    UNDERPAID = "underpaid"
+    #: credited more than the amount asked
+    OVERPAID = "overpaid"
+    #: the deadline passed with nothing credited or on its way
+    EXPIRED = "expired"
+
+
+#: deposits whose amount counts as arriving: not final yet, and may still be credited
+INCOMING = frozenset({DepositStatus.PENDING, DepositStatus.CONFIRMING, DepositStatus.HELD})
+
+
+@dataclass(frozen=True)
+class DepositOrder:
+    """A request that a user pay ``asset`` to ``address`` before ``expires_at``."""
+
+    id: str
+    merchant_id: str
+    user_id: str
+    user_external_id: str
+    method: OrderMethod
+    asset: str
+    chain: str
+    #: lower-case hex
+    address: str
+    #: base units; None lets the user pay any amount
+    amount: int | None
+    expires_at: datetime
+    #: set by the expiry sweeper when the deadline passed without full payment
+    expired_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AttributedDeposit:
+    """A deposit attributed to an order: what its progress needs to know of it."""
+
+    id: str
+    amount: int
+    status: DepositStatus
+    #: when we first saw it
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DepositProgress:
+    deposit: AttributedDeposit
+    #: first seen after the order's deadline
+    late: bool
+
+
+@dataclass(frozen=True)
+class OrderProgress:
+    status: OrderStatus
+    #: base units credited to the user by the order's deposits
+    credited: int
+    #: base units on their way (pending, confirming, held for review)
+    incoming: int
+    #: a deposit that counts (credited or incoming) was first seen after the deadline
+    paid_late: bool
+    #: every attributed deposit, oldest first, including those that will never count
+    deposits: tuple[DepositProgress, ...]
+
+
+def is_fully_paid(amount: int | None, credited: int) -> bool:
+    """True once an order needs nothing more: its amount credited, or any credit at all."""
+    return credited > 0 if amount is None else credited >= amount
+
+
+def order_progress(
+    order: DepositOrder, deposits: Iterable[AttributedDeposit], now: datetime
+) -> OrderProgress:
+    """Judge ``order`` by the deposits attributed to it, as of ``now``.
+
+    Credited deposits make up ``credited``; pending, confirming and held ones ``incoming``;
+    rejected, orphaned, failed and reversed ones are listed but count for nothing. With a
+    credit the status compares it with the amount asked; without one, something incoming
+    means ``confirming``, else the deadline decides between ``awaiting_payment`` and
+    ``expired``.
+    """
+    listed = tuple(
+        DepositProgress(deposit, late=deposit.created_at > order.expires_at)
+        for deposit in sorted(deposits, key=lambda d: (d.created_at, d.id))
+    )
+    credited = sum(p.deposit.amount for p in listed if p.deposit.status is DepositStatus.CREDITED)
+    incoming = sum(p.deposit.amount for p in listed if p.deposit.status in INCOMING)
+    paid_late = any(
+        p.late and (p.deposit.status is DepositStatus.CREDITED or p.deposit.status in INCOMING)
+        for p in listed
+    )
+    return OrderProgress(
+        status=_status(order, credited, incoming, now),
+        credited=credited,
+        incoming=incoming,
+        paid_late=paid_late,
+        deposits=listed,
+    )
+
+
+def _status(order: DepositOrder, credited: int, incoming: int, now: datetime) -> OrderStatus:
+    if credited > 0:
+        if order.amount is None or credited == order.amount:
+            return OrderStatus.PAID
+        return OrderStatus.UNDERPAID if credited < order.amount else OrderStatus.OVERPAID
+    if incoming > 0:
+        return OrderStatus.CONFIRMING
+    if order.expired_at is not None or now >= order.expires_at:
+        return OrderStatus.EXPIRED
+    return OrderStatus.AWAITING_PAYMENT
+
+
+def payment_uri(asset: Asset, chain_id: int, address: str, amount: int | None) -> str:
+    """The EIP-681 request to pay ``amount`` base units of ``asset`` to ``address``.
+
+    Native coin: ``ethereum:<address>@<chain id>?value=<wei>``. ERC-20 token: a call of the
+    token contract's ``transfer``, ``ethereum:<contract>@<chain id>/transfer?address=
+    <address>&uint256=<base units>``. Amounts are plain integers in base units (EIP-681 also
+    allows ``2.014e18``; plain digits are exact and every wallet reads them). Without an
+    amount the parameter is left out, and the wallet asks the user how much to send.
+    """
+    to = to_checksum_address(address)
+    if asset.contract is None:
+        uri = f"ethereum:{to}@{chain_id}"
+        return uri if amount is None else f"{uri}?value={amount}"
+    uri = f"ethereum:{to_checksum_address(asset.contract)}@{chain_id}/transfer?address={to}"
+    return uri if amount is None else f"{uri}&uint256={amount}"

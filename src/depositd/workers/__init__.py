@@ -1,0 +1,1 @@
+"""Long-running loops: the chain watcher, the order expiry sweeper, and the like."""

@@ -1,0 +1,81 @@
+"""Run the long-lived loops of one process, restarting any that fails, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from depositd.config import Config
+from depositd.db.engine import Database
+from depositd.domain.assets import AssetBook
+from depositd.workers.backoff import Backoff
+from depositd.workers.orders import expire_orders_forever
+from depositd.workers.watcher import ChainWatcher
+
+log = structlog.get_logger("depositd.workers")
+
+#: waits before restarting a loop that failed: quick at first, at most a minute apart
+RESTART_BACKOFF = Backoff(base_seconds=1.0, cap_seconds=60.0)
+
+
+class Supervisor:
+    """Keeps each named loop running: a loop that raises is logged and started again."""
+
+    def __init__(self, backoff: Backoff = RESTART_BACKOFF) -> None:
+        self._backoff = backoff
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        self._tasks[name] = asyncio.create_task(self._keep_running(name, loop), name=name)
+
+    async def _keep_running(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await loop()
+                log.warning("worker_returned", worker=name)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("worker_failed", worker=name, failures=failures)
+            await asyncio.sleep(self._backoff.delay(failures + 1))
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+
+class Workers:
+    """Every background loop the configuration asks for: a watcher per chain with a node
+    URL, and the deposit order expiry sweeper."""
+
+    def __init__(self, config: Config, db: Database, assets: AssetBook) -> None:
+        self.watchers = {
+            name: ChainWatcher(db, assets, name, chain)
+            for name, chain in config.chains.items()
+            if chain.rpc_url is not None
+        }
+        self._db = db
+        self._assets = assets
+        self._supervisor = Supervisor()
+
+    def start(self) -> None:
+        for name, watcher in self.watchers.items():
+            self._supervisor.start(f"watcher:{name}", watcher.run)
+        self._supervisor.start(
+            "order-expiry", lambda: expire_orders_forever(self._db, self._assets)
+        )
+
+    async def stop(self) -> None:
+        await self._supervisor.stop()
+        for watcher in self.watchers.values():
+            await watcher.close()

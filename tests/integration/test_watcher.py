@@ -1,0 +1,138 @@
+"""The chain watcher against a real anvil node: confirmations, reorgs, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from depositd.db.engine import Database
+from depositd.db.repositories import DepositFilter
+from depositd.services import queries
+
+from .chain import ETH, USDT, assets_for, balance, live_chain, statuses, user_with_address
+from .evm import DEPLOYER, send_eth
+
+
+async def test_eth_and_token_deposits_go_pending_confirming_credited(
+    db: Database, anvil_url: str
+) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        watcher = chain.watcher(db, assets_for(chain.token, confirmations=3))
+        async with chain.manual_mining():
+            eth_tx = await chain.rpc.call(
+                "eth_sendTransaction", {"from": DEPLOYER, "to": address, "value": hex(2 * ETH)}
+            )
+            await chain.token.transact_later(
+                "transfer(address,uint256)", ["address", "uint256"], [address, 25 * USDT]
+            )
+            await chain.mine()
+            await watcher.step()
+            assert set(map(tuple, (await statuses(db, merchant_id)).values())) == {("pending",)}
+            await chain.mine()
+            await watcher.step()
+            await chain.mine(2)
+            await watcher.step()
+        history = await statuses(db, merchant_id)
+        assert sorted(history.values()) == [["pending", "confirming", "credited"]] * 2
+        assert f"ETH:{eth_tx}" in history
+        assert await balance(db, merchant_id, "alice", "ETH") == 2 * ETH
+        assert await balance(db, merchant_id, "alice", "USDT") == 25 * USDT
+        # nothing new on the chain: nothing new recorded
+        events = await queries.events_after(db, merchant_id, 0, 100)
+        await watcher.step()
+        assert len(await queries.events_after(db, merchant_id, 0, 100)) == len(events)
+
+
+async def test_a_reorg_before_credit_orphans_the_deposit(db: Database, anvil_url: str) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        watcher = chain.watcher(db, assets_for(chain.token, confirmations=3))
+        await send_eth(chain.rpc, address, ETH)
+        await watcher.step()
+        await chain.mine()
+        await watcher.step()
+        await chain.rpc.call("anvil_reorg", 3, [])
+        await watcher.step()
+        (history,) = (await statuses(db, merchant_id)).values()
+        assert history == ["pending", "confirming", "orphaned"]
+        assert await balance(db, merchant_id, "alice", "ETH") == 0
+        assert watcher.status.reorgs == 1
+
+
+async def test_a_reorg_deeper_than_the_confirmations_reverses_the_credit(
+    db: Database, anvil_url: str
+) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        watcher = chain.watcher(db, assets_for(chain.token, confirmations=2))
+        receipt = await chain.token.transact(
+            "transfer(address,uint256)", ["address", "uint256"], [address, 7 * USDT]
+        )
+        await chain.mine(2)
+        await watcher.step()
+        assert await balance(db, merchant_id, "alice", "USDT") == 7 * USDT
+        await chain.rpc.call("anvil_reorg", 4, [])
+        await watcher.step()
+        history = await statuses(db, merchant_id)
+        assert history == {f"USDT:{receipt['transactionHash']}": ["credited", "reversed"]}
+        assert await balance(db, merchant_id, "alice", "USDT") == 0
+        audit = await queries.audit_ledger(db)
+        assert audit.ok, audit
+
+
+async def test_a_deposit_mined_again_after_a_reorg_is_tracked_in_its_new_block(
+    db: Database, anvil_url: str
+) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        watcher = chain.watcher(db, assets_for(chain.token, confirmations=3))
+        first = await send_eth(chain.rpc, address, ETH)
+        raw = await chain.rpc.call("eth_getRawTransactionByHash", first["transactionHash"])
+        await chain.mine()
+        await watcher.step()
+        # the new chain holds the same signed transaction, one block later than before
+        await chain.rpc.call("anvil_reorg", 2, [[raw, 1]])
+        await watcher.step()
+        await chain.mine(3)
+        await watcher.step()
+        (deposit,) = (await queries.list_deposits(db, _mine(merchant_id), None, 10)).items
+        found = await queries.get_deposit(db, merchant_id, deposit.id)
+        blocks = [t["block_number"] for t in found.transitions]
+        assert [t["status"] for t in found.transitions] == ["confirming", "pending", "credited"]
+        assert blocks[1] == blocks[0] + 1 == blocks[2]
+        assert deposit.tx_hash == first["transactionHash"]
+        assert await balance(db, merchant_id, "alice", "ETH") == ETH
+
+
+def _mine(merchant_id: str) -> DepositFilter:
+    return DepositFilter(merchant_id=merchant_id)
+
+
+async def test_new_heads_over_websocket_wake_the_watcher_at_once(
+    db: Database, anvil_url: str
+) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        # it would poll only every minute: only a newHeads notification can wake it in time
+        watcher = chain.watcher(
+            db,
+            assets_for(chain.token, confirmations=0),
+            ws_url=anvil_url.replace("http://", "ws://"),
+            poll_interval_seconds=60,
+        )
+        following = asyncio.create_task(watcher.run())
+        try:
+            for _ in range(100):  # the first round, and the subscription
+                if watcher.status.cursor is not None:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            await send_eth(chain.rpc, address, ETH)
+            for _ in range(100):
+                if await balance(db, merchant_id, "alice", "ETH") == ETH:
+                    break
+                await asyncio.sleep(0.05)
+            assert await balance(db, merchant_id, "alice", "ETH") == ETH
+        finally:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
