@@ -542,6 +542,7 @@ class Latency:
     appended_ms: list[float]
     committed_ms: list[float]
     rounds: int
+    stages: dict[str, float]
 
 
 async def follow_live(db: Database, chain: BenchChain, args: argparse.Namespace) -> Latency:
@@ -556,6 +557,7 @@ async def follow_live(db: Database, chain: BenchChain, args: argparse.Namespace)
             poll_interval_seconds=args.live_poll,
         )
         watcher = ChainWatcher(db, bench_assets(chain.token), CHAIN, config)
+        stages = clock_stages(watcher)
         # when each round ended and how far it had committed
         rounds: list[tuple[float, int | None]] = []
         step = watcher.step
@@ -601,6 +603,7 @@ async def follow_live(db: Database, chain: BenchChain, args: argparse.Namespace)
         appended_ms=[(at.timestamp() - mined_at[block]) * 1000 for block, at in credited],
         committed_ms=[(committed_at[block] - mined_at[block]) * 1000 for block, _ in credited],
         rounds=len(rounds),
+        stages=dict(stages.seconds),
     )
 
 
@@ -725,6 +728,11 @@ def report(
           f" max {max(live.appended_ms):,.0f} ms")  # fmt: skip
     print(f"  mined -> round committed:           p50 {c50:,.0f} ms, p99 {c99:,.0f} ms,"
           f" max {max(live.committed_ms):,.0f} ms")  # fmt: skip
+    per_round = ", ".join(
+        f"{stage} {seconds / live.rounds * 1000:.1f}"
+        for stage, seconds in sorted(live.stages.items(), key=lambda s: -s[1])
+    )
+    print(f"  mean ms per round: {per_round}")
     rate = scan_deposits / scanned.seconds
     growth_100k = (growth if growth is not None else loaded) * per_100k
     print("targets:")

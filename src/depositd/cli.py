@@ -14,9 +14,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from depositd import devchain
 from depositd.chain.addresses import WatchOnlyKey
-from depositd.chain.rpc import EvmRpc
 from depositd.config import ChainConfig, Config, load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current, upgrade
@@ -236,6 +234,8 @@ async def _prepare_dev(
 ) -> subprocess.Popen[bytes] | None:
     """Start the dev chain and its demo token, migrate, make the demo merchant; print how to
     try it. Returns the anvil process if this started it."""
+    from depositd import devchain  # the dev tools load only for `depositd dev`
+    from depositd.chain.rpc import EvmRpc
     name, chain = _dev_chain(config)
     node = await devchain.start_anvil(chain, Path("var") / f"{name}-chain.json")
     try:
@@ -345,6 +345,7 @@ async def _work(config: Config) -> int:
 
 
 async def _simulate(config: Config, args: argparse.Namespace) -> int:
+    from depositd import devchain
     name, chain = _dev_chain(config)
     assets = config.asset_book()
     amounts = {}
