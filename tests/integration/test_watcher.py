@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from depositd.db.engine import Database
 from depositd.db.repositories import DepositFilter
-from depositd.services import queries
+from depositd.devchain import DEMO_XPUB
+from depositd.services import addresses, merchants, orders, queries, users
 
-from .chain import ETH, USDT, assets_for, balance, live_chain, statuses, user_with_address
+from .chain import CHAIN, ETH, USDT, assets_for, balance, live_chain, statuses, user_with_address
 from .evm import DEPLOYER, send_eth
 
 
@@ -136,3 +138,30 @@ async def test_new_heads_over_websocket_wake_the_watcher_at_once(
         finally:
             following.cancel()
             await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_a_deposit_order_is_paid_in_two_transfers_seen_on_chain(
+    db: Database, anvil_url: str
+) -> None:
+    async with live_chain(anvil_url) as chain:
+        merchant = await merchants.create_merchant(db, "acme")
+        await addresses.set_xpub(db, merchant.id, DEMO_XPUB)
+        await users.ensure_user(db, merchant.id, "alice")
+        assets = assets_for(chain.token, confirmations=1)
+        chain_ids = {CHAIN: 31337}
+        order = await orders.create_order(
+            db, chain_ids, assets, merchant.id, "alice", "USDT", 10 * USDT, timedelta(hours=1)
+        )
+        assert order.payment_uri.endswith(f"&uint256={10 * USDT}")
+        watcher = chain.watcher(db, assets)
+        for part in (4 * USDT, 6 * USDT):
+            await chain.token.transact(
+                "transfer(address,uint256)", ["address", "uint256"], [order.order.address, part]
+            )
+        await watcher.step()
+        seen = await orders.get_order(db, chain_ids, assets, merchant.id, order.order.id)
+        assert (seen.progress.status.value, seen.progress.credited) == ("underpaid", 4 * USDT)
+        await chain.mine()
+        await watcher.step()
+        paid = await orders.get_order(db, chain_ids, assets, merchant.id, order.order.id)
+        assert (paid.progress.status.value, paid.progress.credited) == ("paid", 10 * USDT)
