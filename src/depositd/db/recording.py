@@ -33,6 +33,7 @@ from depositd.db.repositories import (
     deposit_changes,
     deposit_from_row,
     deposit_row,
+    event_rows,
 )
 from depositd.db.tables import (
     Amount,
@@ -205,22 +206,7 @@ class _SqliteStore:
             return []
         last = self.conn.execute(ADVANCE_EVENT_COUNTER, {"n": len(events)}).scalar_one()
         first = last - len(events) + 1
-        self.conn.execute(
-            events_table.insert(),
-            [
-                {
-                    "seq": first + offset,
-                    "id": event.id,
-                    "merchant_id": event.merchant_id,
-                    "type": event.type,
-                    "deposit_id": event.deposit_id,
-                    "version": event.version,
-                    "data": event.data,
-                    "created_at": event.created_at,
-                }
-                for offset, event in enumerate(events)
-            ],
-        )
+        self.conn.execute(events_table.insert(), event_rows(first, events))
         self.conn.execute(QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
 

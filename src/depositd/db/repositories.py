@@ -457,6 +457,23 @@ class AccountRepository:
         return [group for group, total in sums.items() if total != 0]
 
 
+def event_rows(first_seq: int, pending: Sequence[PendingEvent]) -> list[dict[str, Any]]:
+    """``events`` rows for ``pending``, numbered from ``first_seq``."""
+    return [
+        {
+            "seq": first_seq + offset,
+            "id": event.id,
+            "merchant_id": event.merchant_id,
+            "type": event.type,
+            "deposit_id": event.deposit_id,
+            "version": event.version,
+            "data": event.data,
+            "created_at": event.created_at,
+        }
+        for offset, event in enumerate(pending)
+    ]
+
+
 #: hands out the next ``n`` seqs; its row lock orders event writers until they commit
 ADVANCE_EVENT_COUNTER = (
     update(event_counter)
@@ -511,22 +528,7 @@ class EventRepository:
         result = await self._conn.execute(ADVANCE_EVENT_COUNTER, {"n": len(pending)})
         last: int = result.scalar_one()
         first = last - len(pending) + 1
-        await self._conn.execute(
-            events.insert(),
-            [
-                {
-                    "seq": first + offset,
-                    "id": event.id,
-                    "merchant_id": event.merchant_id,
-                    "type": event.type,
-                    "deposit_id": event.deposit_id,
-                    "version": event.version,
-                    "data": event.data,
-                    "created_at": event.created_at,
-                }
-                for offset, event in enumerate(pending)
-            ],
-        )
+        await self._conn.execute(events.insert(), event_rows(first, pending))
         await self._conn.execute(QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
 
