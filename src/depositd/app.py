@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,11 +21,18 @@ from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
 
 
-def create_app(config: Config, db: Database | None = None, *, workers: bool = False) -> FastAPI:
+def create_app(
+    config: Config,
+    db: Database | None = None,
+    *,
+    workers: bool = False,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
     """Build the app; it owns (and disposes) ``db`` unless one is passed in.
 
     With ``workers`` it also runs the background loops (chain watchers, order expiry) while
-    it serves.
+    it serves. ``on_shutdown`` runs last when the server stops — the place for clean-up, as
+    uvicorn ends the process with the signal that stopped it once it has shut down.
     """
     owns_db = db is None
     database = db if db is not None else Database(config.database_url())
@@ -43,6 +50,8 @@ def create_app(config: Config, db: Database | None = None, *, workers: bool = Fa
                 await background.stop()
             if owns_db:
                 await database.dispose()
+            if on_shutdown is not None:
+                await on_shutdown()
 
     app = FastAPI(
         title="depositd",

@@ -236,6 +236,7 @@ async def _prepare_dev(
     try it. Returns the anvil process if this started it."""
     from depositd import devchain  # the dev tools load only for `depositd dev`
     from depositd.chain.rpc import EvmRpc
+
     name, chain = _dev_chain(config)
     node = await devchain.start_anvil(chain, Path("var") / f"{name}-chain.json")
     try:
@@ -298,10 +299,16 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
             node = await _prepare_dev(config, db, f"http://{host}:{port}")
         else:
             await _require_schema(db)
+
+        async def stop_dev_chain() -> None:
+            if node is not None and node.poll() is None:
+                node.terminate()  # anvil writes its state file on the way out
+                await asyncio.to_thread(node.wait, 15)
+
         log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config, db, workers=workers),
+                create_app(config, db, workers=workers, on_shutdown=stop_dev_chain),
                 host=host,
                 port=port,
                 log_config=None,
@@ -314,10 +321,10 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
         try:
             await server.serve()
         finally:
+            # reached on Ctrl-C; after SIGTERM uvicorn ends the process once the app has shut
+            # down, which is why the app's shutdown stops the dev chain
             await db.dispose()
-            if node is not None:
-                node.terminate()  # anvil writes its state file on the way out
-                node.wait(timeout=15)
+            await stop_dev_chain()
 
     asyncio.run(run())
     return 0
@@ -346,6 +353,7 @@ async def _work(config: Config) -> int:
 
 async def _simulate(config: Config, args: argparse.Namespace) -> int:
     from depositd import devchain
+
     name, chain = _dev_chain(config)
     assets = config.asset_book()
     amounts = {}

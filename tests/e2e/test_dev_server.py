@@ -57,8 +57,20 @@ def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
     assert lines[-1] == "2 of 2 deposits credited"
     assert (tmp_path / "var" / "depositd.db").exists()
     assert (tmp_path / "var" / "anvil-chain.json").exists()  # the dev chain outlives a restart
+    assert not _listening(chain_port), "the dev chain was left running"
     assert "Application startup complete" in stderr
     assert key not in stderr  # the key is shown to the operator, never logged
+
+
+def _listening(port: int) -> bool:
+    for _ in range(50):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                pass
+        except OSError:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _use_as_printed(server: subprocess.Popen[str], port: int) -> str:
