@@ -109,7 +109,9 @@ _UPSERT_ACCOUNTS = (
             )
         },
     )
-    .returning(accounts.c.id, accounts.c.key, sort_by_parameter_order=True)
+    # rows are matched by key: asking for them in parameter order (sort_by_parameter_order)
+    # makes SQLAlchemy send this upsert one row per statement
+    .returning(accounts.c.id, accounts.c.key)
 )
 
 
@@ -378,11 +380,11 @@ WITH moved AS (
     FROM counter, unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::int[],
                          $18::text[], $19::timestamptz[])
         WITH ORDINALITY AS e(id, merchant_id, type, deposit_id, version, data, created, ord)
-    RETURNING seq, merchant_id, type
+    RETURNING seq, merchant_id, type, deposit_id
 ), queued AS (
     INSERT INTO deliveries (endpoint_id, event_seq, status, attempts, next_attempt_at,
-                            created_at)
-    SELECT DISTINCT endpoints.id, appended.seq, 'pending', 0, $20, $20
+                            created_at, ordering_key)
+    SELECT DISTINCT endpoints.id, appended.seq, 'pending', 0, $20, $20, appended.deposit_id
     FROM appended
     JOIN endpoints ON endpoints.merchant_id = appended.merchant_id
                   AND endpoints.disabled_at IS NULL

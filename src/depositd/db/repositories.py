@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -201,22 +201,25 @@ class UserRepository:
     async def owners_by_address(
         self, chain_addresses: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], Owner]:
-        wanted = {(chain, address.lower()) for chain, address in chain_addresses}
-        result = await self._conn.execute(
-            select(
-                addresses.c.chain,
-                addresses.c.address,
-                users.c.merchant_id,
-                users.c.id,
-                users.c.external_id,
+        by_chain: dict[str, set[str]] = defaultdict(set)
+        for chain, address in chain_addresses:
+            by_chain[chain].add(address.lower())
+        found = {}
+        # one plain IN per chain: PostgreSQL plans a row-value IN over thousands of pairs
+        # badly (seconds for a block's worth), while this one walks the (chain, address) key
+        for chain, wanted in by_chain.items():
+            result = await self._conn.execute(
+                select(addresses.c.address, users.c.merchant_id, users.c.id, users.c.external_id)
+                .join(users, users.c.id == addresses.c.user_id)
+                .where(addresses.c.chain == chain, addresses.c.address.in_(wanted))
             )
-            .join(users, users.c.id == addresses.c.user_id)
-            .where(tuple_(addresses.c.chain, addresses.c.address).in_(wanted))
-        )
-        return {
-            (row.chain, row.address): Owner(row.merchant_id, row.id, row.external_id)
-            for row in result
-        }
+            found.update(
+                {
+                    (chain, row.address): Owner(row.merchant_id, row.id, row.external_id)
+                    for row in result
+                }
+            )
+        return found
 
 
 def deposit_from_row(row: Mapping[Any, Any]) -> DepositState:
@@ -484,7 +487,15 @@ ADVANCE_EVENT_COUNTER = (
 
 #: one outbox row per (event, enabled endpoint of its merchant subscribed to its type or *)
 QUEUE_DELIVERIES = deliveries.insert().from_select(
-    ["endpoint_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
+    [
+        "endpoint_id",
+        "event_seq",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+        "ordering_key",
+    ],
     select(
         endpoints.c.id,
         events.c.seq,
@@ -492,6 +503,7 @@ QUEUE_DELIVERIES = deliveries.insert().from_select(
         literal(0),
         bindparam("now", type_=deliveries.c.next_attempt_at.type),
         bindparam("now", type_=deliveries.c.created_at.type),
+        events.c.deposit_id,
     )
     .distinct()
     .select_from(events)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -261,6 +262,22 @@ endpoints = Table(
     Column("url", String(2000), nullable=False),
     _ts("created_at"),
     _ts("disabled_at", nullable=True),
+    Column("description", String(500), nullable=False, server_default=""),
+    #: tried in order when the primary URL fails
+    Column("fallback_urls", JSON, nullable=False, server_default=text("'[]'")),
+    #: ``whsec_`` + base64; signs every delivery
+    Column("secret", String(100), nullable=False, server_default=""),
+    #: the secret before the last rotation, still signing beside the new one until ...
+    Column("previous_secret", String(100), nullable=True),
+    _ts("previous_secret_until", nullable=True),
+    #: why it was disabled (by the merchant, a 410, or sustained failure)
+    Column("disabled_reason", String(300), nullable=True),
+    #: consecutive failed attempts, and when the current run of failures began
+    Column("failure_streak", Integer, nullable=False, server_default="0"),
+    _ts("failing_since", nullable=True),
+    #: circuit breaker: no attempts to this endpoint before this time
+    _ts("circuit_open_until", nullable=True),
+    _ts("updated_at", nullable=True),
 )
 
 endpoint_subscriptions = Table(
@@ -277,12 +294,39 @@ deliveries = Table(
     Column("id", Serial, primary_key=True, autoincrement=True),
     Column("endpoint_id", ForeignKey("endpoints.id"), nullable=False),
     Column("event_seq", ForeignKey("events.seq"), nullable=False),
+    #: ``pending`` (due at ``next_attempt_at``; a claimed one is leased until then),
+    #: ``delivered`` or ``dead`` (out of attempts)
     Column("status", String(20), nullable=False),
     Column("attempts", Integer, nullable=False),
     _ts("next_attempt_at"),
     _ts("created_at"),
+    #: the event's deposit: one deposit's events reach an endpoint in order
+    Column("ordering_key", String(40), nullable=True),
+    _ts("last_attempt_at", nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", String(300), nullable=True),
+    _ts("finished_at", nullable=True),
     UniqueConstraint("endpoint_id", "event_seq"),
     Index(None, "status", "next_attempt_at"),
+    Index(None, "endpoint_id", "ordering_key", "event_seq"),
+)
+
+#: every attempt to deliver, kept for operators (and expired by retention)
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("delivery_id", ForeignKey("deliveries.id"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    #: the start of the response body, bounded
+    Column("response_excerpt", String(500), nullable=True),
+    #: what went wrong when there was no usable answer: timeout, refused, ssrf_blocked, ...
+    Column("error_class", String(60), nullable=True),
+    Column("error", String(300), nullable=True),
+    _ts("created_at"),
 )
 
 #: the watcher's view of each chain's recent canonical blocks: the highest row is its cursor
