@@ -112,6 +112,22 @@ class _Waiting:
 
 
 @dataclass
+class _ReadAhead:
+    """The next range, read while the current one is being recorded."""
+
+    first: int
+    last: int
+    #: the hash of the block before ``first`` it was read to follow
+    parent_hash: str
+    task: asyncio.Task[ChainRange]
+
+    def discard(self) -> None:
+        self.task.cancel()
+        # a failed read nobody waits for must not be reported as never retrieved
+        self.task.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+@dataclass
 class _Round:
     """One round's findings before they are recorded."""
 
@@ -155,8 +171,12 @@ class ChainWatcher:
         self._waiting: dict[str, _Waiting] = {}
         self._loaded = False
         self._new_head = asyncio.Event()
+        self._ahead: _ReadAhead | None = None
 
     async def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.discard()
+            self._ahead = None
         await self._rpc.close()
 
     async def __aenter__(self) -> ChainWatcher:
@@ -272,13 +292,12 @@ class ChainWatcher:
             cursor = self.config.start_block - 1
         last = min(head, cursor + self.config.max_blocks_per_round)
         if last > cursor:
-            found.scanned = await self._reader.read_range(
-                cursor + 1,
-                last,
-                contracts=self._tokens.keys(),
-                transactions=self._native is not None,
-                parent_hash=tip.hash if tip else None,
-            )
+            found.scanned = await self._read(cursor + 1, last, tip.hash if tip else None)
+            last = found.scanned.last.number
+            if last < head:
+                # catching up: the node reads the next range while this one is recorded
+                self._prefetch(last + 1, min(head, last + self.config.max_blocks_per_round),
+                               found.scanned.last.hash)  # fmt: skip
             # addresses are refreshed after the blocks are read: an address a deposit in them
             # was sent to was handed out, so committed, before that deposit was sent
             await self._watched.refresh()
@@ -290,6 +309,33 @@ class ChainWatcher:
             await self._advance(found)
         self.status.last_round_at = self._clock()
         return last < head
+
+    async def _read(self, first: int, last: int, parent_hash: str | None) -> ChainRange:
+        """Blocks ``first..last`` (fewer if a read ahead already covers the start)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if (ahead.first, ahead.parent_hash) == (first, parent_hash) and ahead.last <= last:
+                return await ahead.task
+            ahead.discard()
+        return await self._reader.read_range(
+            first,
+            last,
+            contracts=self._tokens.keys(),
+            transactions=self._native is not None,
+            parent_hash=parent_hash,
+        )
+
+    def _prefetch(self, first: int, last: int, parent_hash: str) -> None:
+        task = asyncio.create_task(
+            self._reader.read_range(
+                first,
+                last,
+                contracts=self._tokens.keys(),
+                transactions=self._native is not None,
+                parent_hash=parent_hash,
+            )
+        )
+        self._ahead = _ReadAhead(first, last, parent_hash, task)
 
     async def _load(self) -> None:
         rows = await watching.window(self._db, self.chain)
