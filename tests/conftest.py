@@ -65,6 +65,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 ANVIL = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "anvil"
+ANVIL_NO_DISK = ("--max-persisted-states", "0")
 
 
 def _free_port() -> int:
@@ -81,7 +82,8 @@ def anvil_url() -> Iterator[str]:
         raise RuntimeError(f"{ANVIL} is missing: run 'make install' (npm ci) first")
     port = _free_port()
     with subprocess.Popen(  # noqa: S603 - our own dev dependency
-        [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"],
+        # no historical states on disk: anvil leaves them in ~/.foundry when it is killed
+        [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent", *ANVIL_NO_DISK],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as node:

@@ -80,6 +80,10 @@ def _spawn_anvil(chain: ChainConfig, port: int, state: Path) -> subprocess.Popen
             str(state),
             "--state-interval",
             "5",
+            # historical states stay in memory: on disk they pile up in ~/.foundry over a long
+            # session (and are left behind if anvil is killed)
+            "--max-persisted-states",
+            "0",
             "--silent",
         ],
         stdin=subprocess.DEVNULL,

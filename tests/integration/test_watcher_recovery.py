@@ -23,7 +23,7 @@ from depositd.services import merchants, queries, users
 from depositd.workers.backoff import Backoff
 from depositd.workers.watcher import ChainWatcher
 
-from ..conftest import ANVIL, _free_port
+from ..conftest import ANVIL, ANVIL_NO_DISK, _free_port
 from .chain import CHAIN, ETH, USDT, assets_for, fresh_address, live_chain
 from .evm import DEPLOYER, deploy_token, mined
 
@@ -169,7 +169,7 @@ async def test_a_watcher_killed_mid_range_and_restarted_credits_each_deposit_onc
 
 async def _start_node(port: int, state: Path) -> asyncio.subprocess.Process:
     node = await asyncio.create_subprocess_exec(
-        str(ANVIL), "--port", str(port), "--silent", "--state", str(state),
+        str(ANVIL), "--port", str(port), "--silent", "--state", str(state), *ANVIL_NO_DISK,
         stdout=DEVNULL, stderr=DEVNULL,
     )  # fmt: skip
     async with EvmRpc(f"http://127.0.0.1:{port}", timeout_seconds=1) as rpc:
