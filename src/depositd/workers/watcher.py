@@ -294,15 +294,16 @@ class ChainWatcher:
         if last > cursor:
             found.scanned = await self._read(cursor + 1, last, tip.hash if tip else None)
             last = found.scanned.last.number
-            if last < head:
-                # catching up: the node reads the next range while this one is recorded
-                self._prefetch(last + 1, min(head, last + self.config.max_blocks_per_round),
-                               found.scanned.last.hash)  # fmt: skip
             # addresses are refreshed after the blocks are read: an address a deposit in them
             # was sent to was handed out, so committed, before that deposit was sent
             await self._watched.refresh()
             self.status.watched_addresses = len(self._watched.addresses)
             found.transfers = await self._transfers(found.scanned)
+            if last < head:
+                # catching up: the node reads the next range while this one is recorded (not
+                # sooner: this range's receipts would queue behind it)
+                self._prefetch(last + 1, min(head, last + self.config.max_blocks_per_round),
+                               found.scanned.last.hash)  # fmt: skip
         verified = max(last, cursor) if tip is not None or found.scanned else None
         if verified is not None:
             await self._record(found, verified)
