@@ -182,12 +182,12 @@ async def _start_node(port: int, state: Path) -> asyncio.subprocess.Process:
     raise AssertionError("anvil did not start")
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
+async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 60) -> None:
     for _ in range(int(seconds / 0.05)):
         if await condition():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
+    raise AssertionError(f"not so within {seconds} s: {condition}")
 
 
 async def test_the_node_stopped_and_restarted_the_watcher_catches_up(
