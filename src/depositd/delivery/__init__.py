@@ -1,0 +1,1 @@
+"""Outbound notifications: signed webhooks and the WebSocket stream, from the event log."""
