@@ -23,7 +23,7 @@ from depositd.services import merchants, queries, users
 from depositd.workers.backoff import Backoff
 from depositd.workers.watcher import ChainWatcher
 
-from ..conftest import ANVIL, ANVIL_NO_DISK, _free_port
+from ..conftest import anvil_command, free_port
 from .chain import CHAIN, ETH, USDT, assets_for, fresh_address, live_chain
 from .evm import DEPLOYER, deploy_token, mined
 
@@ -169,9 +169,8 @@ async def test_a_watcher_killed_mid_range_and_restarted_credits_each_deposit_onc
 
 async def _start_node(port: int, state: Path) -> asyncio.subprocess.Process:
     node = await asyncio.create_subprocess_exec(
-        str(ANVIL), "--port", str(port), "--silent", "--state", str(state), *ANVIL_NO_DISK,
-        stdout=DEVNULL, stderr=DEVNULL,
-    )  # fmt: skip
+        *anvil_command(port, "--state", str(state)), stdout=DEVNULL, stderr=DEVNULL
+    )
     async with EvmRpc(f"http://127.0.0.1:{port}", timeout_seconds=1) as rpc:
         for _ in range(200):
             try:
@@ -193,7 +192,7 @@ async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 60) 
 async def test_the_node_stopped_and_restarted_the_watcher_catches_up(
     db: Database, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     state = tmp_path / "chain.json"
     node = await _start_node(port, state)
@@ -243,6 +242,11 @@ async def test_the_node_stopped_and_restarted_the_watcher_catches_up(
         node = await _start_node(port, state)
         await pay(2 * ETH)
         await _until(lambda: balance_is(3 * ETH))
+
+        async def caught_up() -> bool:  # the cursor moves just after the credit commits
+            return watcher.status.cursor == watcher.status.head
+
+        await _until(caught_up)
         assert watcher.status.node_reachable
         assert watcher.status.cursor is not None
         assert down_at is not None
