@@ -65,10 +65,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 ANVIL = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "anvil"
-ANVIL_NO_DISK = ("--max-persisted-states", "0")
 
 
-def _free_port() -> int:
+def anvil_command(port: int, *options: str) -> list[str]:
+    """anvil on 127.0.0.1:``port``, quiet, historical states kept in memory: on disk they
+    pile up in ~/.foundry and stay there when anvil is killed."""
+    return [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent",
+            "--max-persisted-states", "0", *options]  # fmt: skip
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -80,10 +86,9 @@ def anvil_url() -> Iterator[str]:
     """A real anvil dev chain (from ./node_modules, installed by make) for this session."""
     if not ANVIL.exists():
         raise RuntimeError(f"{ANVIL} is missing: run 'make install' (npm ci) first")
-    port = _free_port()
+    port = free_port()
     with subprocess.Popen(  # noqa: S603 - our own dev dependency
-        # no historical states on disk: anvil leaves them in ~/.foundry when it is killed
-        [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent", *ANVIL_NO_DISK],
+        anvil_command(port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as node:

@@ -12,12 +12,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from ..conftest import free_port
 
 
 def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:

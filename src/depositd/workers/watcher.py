@@ -318,6 +318,14 @@ class ChainWatcher:
             if (ahead.first, ahead.parent_hash) == (first, parent_hash) and ahead.last <= last:
                 return await ahead.task
             ahead.discard()
+        return await self._read_range(first, last, parent_hash)
+
+    def _prefetch(self, first: int, last: int, parent_hash: str) -> None:
+        task = asyncio.create_task(self._read_range(first, last, parent_hash))
+        self._ahead = _ReadAhead(first, last, parent_hash, task)
+
+    async def _read_range(self, first: int, last: int, parent_hash: str | None) -> ChainRange:
+        # transactions only when native coin is watched: full blocks are the slow read
         return await self._reader.read_range(
             first,
             last,
@@ -325,18 +333,6 @@ class ChainWatcher:
             transactions=self._native is not None,
             parent_hash=parent_hash,
         )
-
-    def _prefetch(self, first: int, last: int, parent_hash: str) -> None:
-        task = asyncio.create_task(
-            self._reader.read_range(
-                first,
-                last,
-                contracts=self._tokens.keys(),
-                transactions=self._native is not None,
-                parent_hash=parent_hash,
-            )
-        )
-        self._ahead = _ReadAhead(first, last, parent_hash, task)
 
     async def _load(self) -> None:
         rows = await watching.window(self._db, self.chain)
