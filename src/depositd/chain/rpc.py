@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
 
 from depositd.errors import DepositdError
 
@@ -109,7 +110,8 @@ class EvmRpc:
                 if response.status >= 400:
                     text = (await response.text())[:200]
                     raise RpcUnavailable(f"{self.url}: HTTP {response.status} {text}")
-                return await response.json(content_type=None)
+                # orjson: a round's blocks are megabytes of JSON, three times faster to parse
+                return orjson.loads(await response.read())
         except TimeoutError as exc:
             raise RpcUnavailable(f"{self.url}: no answer within {self._timeout.total} s") from exc
         except (aiohttp.ClientError, ValueError) as exc:

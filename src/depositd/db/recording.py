@@ -12,36 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy import bindparam, func, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from depositd.db.engine import Database
 from depositd.db.repositories import (
-    ADVANCE_EVENT_COUNTER,
-    DEPOSIT_WITH_USER,
     QUEUE_DELIVERIES,
     deposit_changes,
     deposit_from_row,
     deposit_row,
-    event_rows,
 )
-from depositd.db.tables import (
-    Amount,
-    accounts,
-    deposits,
-    ledger_entries,
-)
-from depositd.db.tables import events as events_table
 from depositd.db.transient import RetryTransaction
 from depositd.domain.deposits import DepositState
 from depositd.domain.events import PendingEvent
@@ -97,29 +86,13 @@ async def open_recording(db: Database) -> AsyncIterator[RecordingStore]:
                 await transaction.rollback()
 
 
-_UPSERT_ACCOUNTS = (
-    sqlite_insert(accounts)
-    .on_conflict_do_update(
-        index_elements=["key"],
-        # exact decimal-text addition (see Amount and db.engine); an account without a running
-        # balance has NULL there, which big_add keeps
-        set_={
-            "balance": func.big_add(
-                accounts.c.balance, sqlite_insert(accounts).excluded.balance, type_=Amount()
-            )
-        },
-    )
-    # rows are matched by key: asking for them in parameter order (sort_by_parameter_order)
-    # makes SQLAlchemy send this upsert one row per statement
-    .returning(accounts.c.id, accounts.c.key)
-)
-
-
 class _SqliteStore:
     """SQLite: the recording connection, in a ``BEGIN IMMEDIATE`` transaction.
 
     Every step runs in the database's one recording thread (``Database.recorder_thread``),
-    whole: one thread hop per step.
+    whole: one thread hop per step. The statements go to the sqlite3 connection itself with
+    rows as tuples already in SQLite's storage form (``sqlite_value``): SQLAlchemy's per-row
+    parameter processing cost twice what SQLite spent executing them.
     """
 
     def __init__(self, db: Database) -> None:
@@ -153,40 +126,46 @@ class _SqliteStore:
         assert self._conn is not None, "open() first"
         return self._conn
 
+    def _cursor(self) -> sqlite3.Cursor:
+        raw = self.conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        return raw.cursor()
+
     async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
         return await self._in_thread(self._lock, sorted(set(identities)))
 
     def _lock(self, identities: list[str]) -> dict[str, DepositState]:
         # the write lock is already ours (BEGIN IMMEDIATE): reading is locking
-        result = self.conn.execute(DEPOSIT_WITH_USER.where(deposits.c.identity.in_(identities)))
-        return {row.identity: deposit_from_row(row._mapping) for row in result}
+        cursor = self._cursor()
+        cursor.execute(_SQLITE_LOCK, (json.dumps(identities),))
+        names = [column[0] for column in cursor.description]
+        found = {}
+        for values in cursor:
+            row = dict(zip(names, values, strict=True))
+            row["created_at"] = _sqlite_datetime(row["created_at"])
+            row["updated_at"] = _sqlite_datetime(row["updated_at"])
+            found[row["identity"]] = deposit_from_row(row)
+        return found
 
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
         if not new:
             return set()
-        return await self._in_thread(self._insert_new, [deposit_row(d) for d in new])
-
-    def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
-        stmt = (
-            sqlite_insert(deposits)
-            .on_conflict_do_nothing(index_elements=["identity"])
-            .returning(deposits.c.identity)
-        )
-        return set(self.conn.execute(stmt, rows).scalars().all())
+        rows = [_sqlite_tuple(deposit_row(d), _INSERT_COLUMNS) for d in new]
+        await self._in_thread(self._executemany, _SQLITE_INSERT, rows)
+        # no other writer can have inserted one since ``lock`` read them: the write lock has
+        # been ours throughout (and a duplicate would fail the insert, not vanish)
+        return {deposit.ref.key for deposit in new}
 
     async def update(self, changed: Sequence[DepositState]) -> None:
         if changed:
-            rows = [{"b_id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
-            await self._in_thread(self._update, rows)
+            rows = [
+                (*_sqlite_tuple(deposit_changes(deposit), _UPDATE_COLUMNS), deposit.id)
+                for deposit in changed
+            ]
+            await self._in_thread(self._executemany, _SQLITE_UPDATE, rows)
 
-    def _update(self, rows: list[dict[str, Any]]) -> None:
-        columns = [name for name in rows[0] if name != "b_id"]
-        stmt = (
-            update(deposits)
-            .where(deposits.c.id == bindparam("b_id"))
-            .values({name: bindparam(name) for name in columns})
-        )
-        self.conn.execute(stmt, rows)
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._cursor().executemany(sql, rows)
 
     async def post_and_append(
         self,
@@ -202,47 +181,93 @@ class _SqliteStore:
         events: Sequence[PendingEvent],
         now: datetime,
     ) -> list[int]:
+        cursor = self._cursor()
+        stamp = sqlite_value(now)
         if postings:
-            self._post(postings, now)
+            self._post(cursor, postings, stamp)
         if not events:
             return []
-        last = self.conn.execute(ADVANCE_EVENT_COUNTER, {"n": len(events)}).scalar_one()
+        cursor.execute(_SQLITE_ADVANCE_COUNTER, (len(events),))
+        (last,) = cursor.fetchone()
+        cursor.fetchall()  # finish the statement
         first = last - len(events) + 1
-        self.conn.execute(events_table.insert(), event_rows(first, events))
+        cursor.executemany(
+            _SQLITE_APPEND,
+            [
+                (
+                    first + offset,
+                    event.id,
+                    event.merchant_id,
+                    event.type,
+                    event.deposit_id,
+                    event.version,
+                    json.dumps(event.data),
+                    sqlite_value(event.created_at),
+                )
+                for offset, event in enumerate(events)
+            ],
+        )
         self.conn.execute(QUEUE_DELIVERIES, {"first": first, "last": last, "now": now})
         return list(range(first, last + 1))
 
-    def _post(self, postings: Sequence[tuple[str, Entry]], now: datetime) -> None:
+    def _post(
+        self, cursor: sqlite3.Cursor, postings: Sequence[tuple[str, Entry]], stamp: str
+    ) -> None:
         keys, deltas, entry_of = _balance_moves(postings)
-        rows = [
-            {
-                "key": key,
-                "merchant_id": entry_of[key].account.merchant_id,
-                "user_id": entry_of[key].account.user_id,
-                "asset": entry_of[key].account.asset,
-                "side": entry_of[key].account.side.value,
-                "balance": deltas[key] if entry_of[key].account.cached else None,
-            }
-            for key in keys
-        ]
-        ids = {row.key: row.id for row in self.conn.execute(_UPSERT_ACCOUNTS, rows)}
-        self.conn.execute(
-            ledger_entries.insert(),
+        rows = []
+        for key in keys:
+            account = entry_of[key].account
+            balance = str(deltas[key]) if account.cached else None
+            rows.append((key, account.merchant_id, account.user_id, account.asset,
+                         account.side.value, balance))  # fmt: skip
+        cursor.executemany(_SQLITE_UPSERT_ACCOUNT, rows)
+        cursor.execute(_SQLITE_ACCOUNT_IDS, (json.dumps(keys),))
+        ids = dict(cursor.fetchall())
+        cursor.executemany(
+            _SQLITE_POST,
             [
-                {
-                    "account_id": ids[entry.account.key],
-                    "deposit_id": deposit_id,
-                    "kind": entry.kind.value,
-                    "generation": entry.generation,
-                    "amount": entry.amount,
-                    "created_at": now,
-                }
+                (
+                    ids[entry.account.key],
+                    deposit_id,
+                    entry.kind.value,
+                    entry.generation,
+                    str(entry.amount),
+                    stamp,
+                )
                 for deposit_id, entry in postings
             ],
         )
 
     async def commit(self) -> None:
         await self._in_thread(self.conn.commit)
+
+
+def sqlite_value(value: Any) -> Any:
+    """A value as SQLAlchemy's column types store it on SQLite (see ``db.tables``)."""
+    if isinstance(value, datetime):
+        # UtcDateTime: naive UTC text, always with microseconds
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
+
+
+def _sqlite_tuple(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+    # amounts are decimal text (Amount); no other integer column needs converting
+    return tuple(
+        str(row[column]) if column == "amount" else sqlite_value(row[column]) for column in columns
+    )
+
+
+def _sqlite_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+_SQLITE_LOCK = """
+SELECT d.*, u.external_id
+FROM deposits d JOIN users u ON u.id = d.user_id
+WHERE d.identity IN (SELECT value FROM json_each(?))
+"""
 
 
 def _balance_moves(
@@ -338,6 +363,33 @@ _UPDATE_COLUMNS = (
     "credit_generation",
     "updated_at",
 )
+
+_SQLITE_INSERT = (
+    f"INSERT INTO deposits ({', '.join(_INSERT_COLUMNS)}) "  # noqa: S608 (our column names)
+    f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+_SQLITE_UPDATE = "UPDATE deposits SET {} WHERE id = ?".format(  # noqa: S608 (our column names)
+    ", ".join(f"{name} = ?" for name in _UPDATE_COLUMNS)
+)
+# exact decimal-text addition (see Amount and db.engine); an account without a running
+# balance has NULL there, which big_add keeps
+_SQLITE_UPSERT_ACCOUNT = """
+INSERT INTO accounts (key, merchant_id, user_id, asset, side, balance)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET balance = big_add(accounts.balance, excluded.balance)
+"""
+_SQLITE_ACCOUNT_IDS = "SELECT key, id FROM accounts WHERE key IN (SELECT value FROM json_each(?))"
+_SQLITE_POST = """
+INSERT INTO ledger_entries (account_id, deposit_id, kind, generation, amount, created_at)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+_SQLITE_ADVANCE_COUNTER = (
+    "UPDATE event_counter SET last_seq = last_seq + ? WHERE id = 1 RETURNING last_seq"
+)
+_SQLITE_APPEND = """
+INSERT INTO events (seq, id, merchant_id, type, deposit_id, version, data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
 
 # Data-modifying CTEs all run to completion whether or not the final SELECT reads them; all
 # parts see the snapshot taken when the statement starts.

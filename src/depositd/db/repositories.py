@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    Row,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +48,22 @@ from depositd.domain.deposits import ChainRef, DepositState, DepositStatus, Prov
 from depositd.domain.events import PendingEvent
 from depositd.domain.messages import Message
 from depositd.domain.orders import AttributedDeposit, DepositOrder, OrderMethod
+
+
+def _one_of(conn: AsyncConnection, column: Any, values: Iterable[str]) -> Any:
+    """``column IN values`` as one parameter (a JSON list on SQLite, an array on PostgreSQL).
+
+    A plain IN is compiled anew for every length: for a block's thousands of values that
+    costs more than the query.
+    """
+    wanted = list(values)
+    if conn.dialect.name == "sqlite":
+        return column.in_(
+            select(literal_column("value")).select_from(
+                func.json_each(bindparam("wanted", json.dumps(wanted)))
+            )
+        )
+    return column == any_(bindparam("wanted", wanted, type_=ARRAY(String)))
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -137,7 +166,8 @@ class UserRepository:
     ) -> dict[str, Owner]:
         result = await self._conn.execute(
             select(users.c.id, users.c.external_id).where(
-                users.c.merchant_id == merchant_id, users.c.external_id.in_(set(external_ids))
+                users.c.merchant_id == merchant_id,
+                _one_of(self._conn, users.c.external_id, set(external_ids)),
             )
         )
         return {row.external_id: Owner(merchant_id, row.id, row.external_id) for row in result}
@@ -211,7 +241,7 @@ class UserRepository:
             result = await self._conn.execute(
                 select(addresses.c.address, users.c.merchant_id, users.c.id, users.c.external_id)
                 .join(users, users.c.id == addresses.c.user_id)
-                .where(addresses.c.chain == chain, addresses.c.address.in_(wanted))
+                .where(addresses.c.chain == chain, _one_of(self._conn, addresses.c.address, wanted))
             )
             found.update(
                 {
