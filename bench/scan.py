@@ -59,7 +59,7 @@ from typing import Any
 
 import asyncpg
 import vyper
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -116,8 +116,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def anvil_node() -> Iterator[int]:
-    """Our own anvil on a free port, mining only when told (``anvil_mine``); yields the port."""
+def anvil_node() -> Iterator[tuple[int, int]]:
+    """Our own anvil on a free port, mining only when told (``anvil_mine``); yields the port
+    and the process id."""
     port = _free_port()
     command = [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"]
     # --no-mining packs a block's worth of transactions per anvil_mine; base fee 0 lets
@@ -138,7 +139,7 @@ def anvil_node() -> Iterator[int]:
                     raise RuntimeError("anvil did not start") from None
                 time.sleep(0.05)
         try:
-            yield port
+            yield port, node.pid
         finally:
             node.terminate()
             node.wait(timeout=10)
@@ -411,6 +412,43 @@ def reset_peak_rss() -> bool:
     return True
 
 
+class CpuMeter:
+    """CPU seconds of this process, anvil and PostgreSQL between laps: who kept the cores busy."""
+
+    def __init__(self, anvil_pid: int) -> None:
+        self._anvil_pid = anvil_pid
+        self.laps: dict[str, dict[str, float]] = {}
+        self._last = self._now()
+
+    def lap(self, name: str | None) -> None:
+        """Close the current lap as ``name`` (None: not reported)."""
+        now = self._now()
+        if name is not None:
+            self.laps[name] = {key: now[key] - self._last[key] for key in now}
+        self._last = now
+
+    def _now(self) -> dict[str, float]:
+        # the npm package's anvil is a node launcher running the anvil binary as its child
+        processes = {}  # pid: (parent pid, command, CPU seconds)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                text = stat.read_text()
+                command = text.split(" (", 1)[1].rsplit(") ", 1)[0]
+                fields = text.rsplit(") ", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                processes[int(stat.parent.name)] = (int(fields[1]), command, cpu)
+        anvil, frontier = 0.0, {self._anvil_pid}
+        while frontier:
+            anvil += sum(processes[pid][2] for pid in frontier if pid in processes)
+            frontier = {pid for pid, (parent, _, _) in processes.items() if parent in frontier}
+        return {
+            "wall": time.perf_counter(),
+            "ours": time.process_time(),
+            "anvil": anvil,
+            "postgres": sum(cpu for _, command, cpu in processes.values() if command == "postgres"),
+        }
+
+
 class StageClock:
     """Wall time spent in each awaited stage, summed over calls."""
 
@@ -436,11 +474,11 @@ WITHIN = "  of which "
 def clock_owner_lookups(stages: StageClock) -> Iterator[None]:
     """Time the owner lookup that recording does before its transaction."""
     lookup = observations._owners
-    observations._owners = stages.wrap(f"{WITHIN}owner lookup", lookup)  # type: ignore[assignment]
+    observations._owners = stages.wrap(f"{WITHIN}owner lookup", lookup)
     try:
         yield
     finally:
-        observations._owners = lookup  # type: ignore[assignment]
+        observations._owners = lookup
 
 
 def clock_stages(watcher: ChainWatcher) -> StageClock:
@@ -556,7 +594,7 @@ class Scan:
     profile: str | None
 
 
-async def scan(db: Database, chain: BenchChain, args: argparse.Namespace) -> Scan:
+async def scan(db: Database, chain: BenchChain, args: argparse.Namespace, cpu: CpuMeter) -> Scan:
     """The watcher from the first bench block to the head, every deposit credited."""
     watcher = ChainWatcher(db, bench_assets(chain.token), CHAIN, watcher_config(chain, args))
     async with watcher:
@@ -576,10 +614,12 @@ async def scan(db: Database, chain: BenchChain, args: argparse.Namespace) -> Sca
         with clock_owner_lookups(stages):
             if profiles:
                 await profiles.start()
+            cpu.lap(None)
             started = time.perf_counter()
             while await watcher.step():
                 rounds += 1
             seconds = time.perf_counter() - started
+            cpu.lap("watcher")
             if profiles:
                 await profiles.stop()
         assert watcher.status.cursor == chain.last, watcher.status
@@ -695,7 +735,7 @@ def percentile(values: list[float], p: int) -> float:
 async def bench(args: argparse.Namespace) -> None:
     rng = random.Random(f"addresses {args.seed}")
     watched = sorted({f"0x{rng.getrandbits(160):040x}" for _ in range(args.addresses)})
-    with anvil_node() as port:
+    with anvil_node() as (port, anvil_pid):
         print(f"anvil on port {port}; building the chain", flush=True)
         chain = await build_chain(port, watched, args)
         async with fresh_database(args.engine) as db:
@@ -706,18 +746,22 @@ async def bench(args: argparse.Namespace) -> None:
                 f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
+            cpu = CpuMeter(anvil_pid)
             floor_before, receipts_before = await fetch_floor(chain, args)
+            cpu.lap("floor (before)")
             print(f"  floor: {floor_before:.2f} s", flush=True)
-            scanned = await scan(db, chain, args)
+            scanned = await scan(db, chain, args, cpu)
             print(f"  watcher: {scanned.seconds:.2f} s", flush=True)
             statuses = await deposits_by_status(db)
             sent = chain.scanned[0] + chain.scanned[1]
             assert statuses == {"credited": sent}, f"sent {sent:,} deposits; found {statuses}"
+            cpu.lap(None)
             floor_after, receipts_after = await fetch_floor(chain, args)
+            cpu.lap("floor (after)")
             print(f"  floor: {floor_after:.2f} s", flush=True)
             live = await follow_live(db, chain, args)
     report(args, chain, statuses, (floor_before, floor_after), (receipts_before, receipts_after),
-           scanned, live)  # fmt: skip
+           scanned, live, cpu)  # fmt: skip
 
 
 def report(
@@ -728,6 +772,7 @@ def report(
     receipts: tuple[float, float],
     scanned: Scan,
     live: Latency,
+    cpu: CpuMeter,
 ) -> None:
     blocks = chain.last - chain.first + 1
     eth, token, noise = chain.scanned
@@ -778,6 +823,12 @@ def report(
         f"  {'the rest (finding transfers, ...)':<32} {rest:>6.2f} s {rest / scanned.seconds:>5.0%}"
     )
     print(f"loading the addresses (before the scan): {scanned.load_seconds:.2f} s")
+    print(f"CPU seconds used ({os.cpu_count()} cores; postgres: all its processes):")
+    for phase, used in cpu.laps.items():
+        print(
+            f"  {phase:<16} wall {used['wall']:>6.2f}  this process {used['ours']:>6.2f}"
+            f"  anvil {used['anvil']:>6.2f}  postgres {used['postgres']:>6.2f}"
+        )
     per_100k = 100_000 / len(chain.watched)
     loaded = scanned.rss_loaded - scanned.rss_before
     print(

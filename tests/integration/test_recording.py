@@ -13,10 +13,10 @@ from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import DepositStatus
 from depositd.errors import UnknownOwner
 from depositd.ids import new_id
-from depositd.services import queries
+from depositd.services import observations, queries, users
 from depositd.services.observations import record_observation, record_observations
 
-from .helpers import ETH, eth_transfer, merchant_with_user
+from .helpers import CHAIN, ETH, eth_transfer, merchant_with_user
 
 
 async def test_confirmations_then_credit_once(db: Database, assets: AssetBook) -> None:
@@ -181,3 +181,26 @@ async def test_the_database_refuses_to_edit_or_delete_ledger_entries(
             async with db.writer.begin() as conn:
                 await conn.execute(statement)
     assert (await queries.audit_ledger(db)).ok
+
+
+async def test_owners_survive_a_full_owner_cache(
+    db: Database, assets: AssetBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cache of who owns which address is emptied when full: never the batch's own owners
+    monkeypatch.setattr(observations, "_OWNER_CACHE_LIMIT", 2)
+    merchant_id, _ = await merchant_with_user(db, "alice")
+    addresses = []
+    for name in ("bob", "carol", "dave"):
+        await users.ensure_user(db, merchant_id, name)
+        address = "0x" + name.encode().hex().ljust(40, "0")
+        await users.add_address(db, merchant_id, name, CHAIN, address)
+        addresses.append(address.upper().replace("0X", "0x"))  # any case finds the owner
+    for round_ in range(2):
+        batch = [eth_transfer(a, 10 * round_ + n, 3) for n, a in enumerate(addresses)]
+        recorded = await record_observations(db, assets, batch)
+        assert [r.deposit.user_external_id for r in recorded if r.deposit] == [
+            "bob",
+            "carol",
+            "dave",
+        ]
+    assert len(db.owner_cache) <= 3

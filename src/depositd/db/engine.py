@@ -39,7 +39,7 @@ class Database:
     def __init__(self, url: str | URL, *, pool_size: int = 10) -> None:
         #: who owns an address or external user id; such a mapping never changes once made,
         #: so services may remember it for the life of this object
-        self.owner_cache: dict[tuple[str, ...], Any] = {}
+        self.owner_cache: dict[tuple[str, str, str], Any] = {}
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_lock = asyncio.Lock()
         self._pool_size = pool_size

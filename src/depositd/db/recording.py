@@ -14,11 +14,11 @@ import asyncio
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -27,14 +27,16 @@ from sqlalchemy.engine import Connection
 from depositd.db.engine import Database
 from depositd.db.repositories import (
     QUEUE_DELIVERIES,
+    Owner,
     deposit_changes,
     deposit_from_row,
     deposit_row,
 )
 from depositd.db.transient import RetryTransaction
-from depositd.domain.deposits import DepositState
+from depositd.domain.deposits import ChainRef, DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
+from depositd.jsontext import dump_json
 
 T = TypeVar("T")
 
@@ -84,6 +86,76 @@ async def open_recording(db: Database) -> AsyncIterator[RecordingStore]:
         finally:
             if not pg.committed:
                 await transaction.rollback()
+
+
+#: who owns a deposit: ``("user", merchant id, external id)`` or ``("address", chain,
+#: lower-case address)``
+OwnerKey = tuple[str, str, str]
+
+
+async def find_owners(db: Database, keys: Collection[OwnerKey]) -> dict[OwnerKey, Owner]:
+    """The users these keys name (unknown ones are left out), one query per merchant or chain.
+
+    Runs on the recording path's own connections, outside its transactions: a block's
+    thousands of look-ups cost less there than through the general query layer.
+    """
+    queries: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for kind, scope, value in keys:
+        queries[kind, scope].append(value)
+    if db.is_sqlite:
+        async with db.recorder_lock:
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(
+                db.recorder_thread, _sqlite_owner_rows, db, list(queries.items())
+            )
+    else:
+        pool = await db.driver_pool()
+        rows = []
+        async with pool.acquire() as conn:
+            for (kind, scope), values in queries.items():
+                sql = _PG_OWNERS_BY_USER if kind == "user" else _PG_OWNERS_BY_ADDRESS
+                rows += [(kind, scope, *row) for row in await conn.fetch(sql, scope, values)]
+    return {
+        (kind, scope, value): Owner(merchant_id, user_id, external_id)
+        for kind, scope, value, merchant_id, user_id, external_id in rows
+    }
+
+
+def _sqlite_owner_rows(
+    db: Database, queries: list[tuple[tuple[str, str], list[str]]]
+) -> list[tuple[Any, ...]]:
+    raw = db.recorder_engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        rows = []
+        for (kind, scope), values in queries:
+            sql = _SQLITE_OWNERS_BY_USER if kind == "user" else _SQLITE_OWNERS_BY_ADDRESS
+            cursor.execute(sql, (scope, json.dumps(values)))
+            rows += [(kind, scope, *row) for row in cursor.fetchall()]
+        return rows
+    finally:
+        raw.close()
+
+
+_SQLITE_OWNERS_BY_USER = """
+SELECT external_id, merchant_id, id, external_id FROM users
+WHERE merchant_id = ? AND external_id IN (SELECT value FROM json_each(?))
+"""
+# addresses are stored lower-case; the (chain, address) key answers each one
+_SQLITE_OWNERS_BY_ADDRESS = """
+SELECT a.address, u.merchant_id, u.id, u.external_id
+FROM addresses a JOIN users u ON u.id = a.user_id
+WHERE a.chain = ? AND a.address IN (SELECT value FROM json_each(?))
+"""
+_PG_OWNERS_BY_USER = """
+SELECT external_id, merchant_id, id, external_id FROM users
+WHERE merchant_id = $1 AND external_id = ANY($2::text[])
+"""
+_PG_OWNERS_BY_ADDRESS = """
+SELECT a.address, u.merchant_id, u.id, u.external_id
+FROM addresses a JOIN users u ON u.id = a.user_id
+WHERE a.chain = $1 AND a.address = ANY($2::text[])
+"""
 
 
 class _SqliteStore:
@@ -150,7 +222,7 @@ class _SqliteStore:
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
         if not new:
             return set()
-        rows = [_sqlite_tuple(deposit_row(d), _INSERT_COLUMNS) for d in new]
+        rows = [_sqlite_new_deposit(deposit) for deposit in new]
         await self._in_thread(self._executemany, _SQLITE_INSERT, rows)
         # no other writer can have inserted one since ``lock`` read them: the write lock has
         # been ours throughout (and a duplicate would fail the insert, not vanish)
@@ -158,10 +230,7 @@ class _SqliteStore:
 
     async def update(self, changed: Sequence[DepositState]) -> None:
         if changed:
-            rows = [
-                (*_sqlite_tuple(deposit_changes(deposit), _UPDATE_COLUMNS), deposit.id)
-                for deposit in changed
-            ]
+            rows = [(*_sqlite_changes(deposit), deposit.id) for deposit in changed]
             await self._in_thread(self._executemany, _SQLITE_UPDATE, rows)
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -182,7 +251,7 @@ class _SqliteStore:
         now: datetime,
     ) -> list[int]:
         cursor = self._cursor()
-        stamp = sqlite_value(now)
+        stamp = _sqlite_stamp(now)
         if postings:
             self._post(cursor, postings, stamp)
         if not events:
@@ -201,8 +270,8 @@ class _SqliteStore:
                     event.type,
                     event.deposit_id,
                     event.version,
-                    json.dumps(event.data),
-                    sqlite_value(event.created_at),
+                    dump_json(event.data),
+                    _sqlite_stamp(event.created_at),
                 )
                 for offset, event in enumerate(events)
             ],
@@ -242,21 +311,69 @@ class _SqliteStore:
         await self._in_thread(self.conn.commit)
 
 
-def sqlite_value(value: Any) -> Any:
-    """A value as SQLAlchemy's column types store it on SQLite (see ``db.tables``)."""
-    if isinstance(value, datetime):
-        # UtcDateTime: naive UTC text, always with microseconds
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return value
+# The SQLite rows are built by hand, in the form SQLAlchemy's column types store (see
+# ``db.tables``): amounts as decimal text, timestamps as naive UTC text with microseconds,
+# JSON as text. Generic per-value conversion cost a third of a block's recording.
 
 
-def _sqlite_tuple(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
-    # amounts are decimal text (Amount); no other integer column needs converting
-    return tuple(
-        str(row[column]) if column == "amount" else sqlite_value(row[column]) for column in columns
+def _sqlite_new_deposit(deposit: DepositState) -> tuple[Any, ...]:
+    """A new ``deposits`` row, in ``_INSERT_COLUMNS`` order."""
+    ref = deposit.ref
+    if isinstance(ref, ChainRef):
+        source, chain, log_index, provider, provider_id = (
+            f"chain:{ref.chain}", ref.chain, ref.log_index, None, None
+        )  # fmt: skip
+    else:
+        source, chain, log_index, provider, provider_id = (
+            f"provider:{ref.provider}", None, None, ref.provider, ref.deposit_id
+        )  # fmt: skip
+    return (
+        deposit.id,
+        ref.key,
+        deposit.merchant_id,
+        deposit.user_id,
+        deposit.asset,
+        str(deposit.amount),
+        source,
+        chain,
+        deposit.tx_hash,
+        log_index,
+        provider,
+        provider_id,
+        deposit.block_number,
+        deposit.block_hash,
+        deposit.status.value,
+        deposit.confirmations,
+        deposit.required_confirmations,
+        deposit.reason.code,
+        dump_json(deposit.reason.params),
+        deposit.version,
+        deposit.credit_generation,
+        _sqlite_stamp(deposit.created_at),
+        _sqlite_stamp(deposit.updated_at),
     )
+
+
+def _sqlite_changes(deposit: DepositState) -> tuple[Any, ...]:
+    """The changing columns of ``deposits``, in ``_UPDATE_COLUMNS`` order."""
+    return (
+        deposit.status.value,
+        deposit.confirmations,
+        deposit.required_confirmations,
+        deposit.block_hash,
+        deposit.block_number,
+        deposit.reason.code,
+        dump_json(deposit.reason.params),
+        deposit.version,
+        deposit.credit_generation,
+        _sqlite_stamp(deposit.updated_at),
+    )
+
+
+@lru_cache(maxsize=64)
+def _sqlite_stamp(value: datetime) -> str:
+    # a batch stamps most rows with the same few instants
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_datetime(text: str) -> datetime:
@@ -451,7 +568,7 @@ def _pg_value(column: str, value: Any) -> Any:
     if column in ("amount", "balance"):
         return Decimal(value)
     if column == "reason_params":
-        return json.dumps(value)
+        return dump_json(value)
     return value
 
 
@@ -514,7 +631,7 @@ class _PostgresStore:
             [event.type for event in events],
             [event.deposit_id for event in events],
             [event.version for event in events],
-            [json.dumps(event.data) for event in events],
+            [dump_json(event.data) for event in events],
             [event.created_at for event in events],
             now,
             [a.key for a in plain],

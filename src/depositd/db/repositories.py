@@ -10,15 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     Row,
-    String,
     and_,
-    any_,
     bindparam,
     func,
     literal,
-    literal_column,
     or_,
     select,
     update,
@@ -48,22 +44,6 @@ from depositd.domain.deposits import ChainRef, DepositState, DepositStatus, Prov
 from depositd.domain.events import PendingEvent
 from depositd.domain.messages import Message
 from depositd.domain.orders import AttributedDeposit, DepositOrder, OrderMethod
-
-
-def _one_of(conn: AsyncConnection, column: Any, values: Iterable[str]) -> Any:
-    """``column IN values`` as one parameter (a JSON list on SQLite, an array on PostgreSQL).
-
-    A plain IN is compiled anew for every length: for a block's thousands of values that
-    costs more than the query.
-    """
-    wanted = list(values)
-    if conn.dialect.name == "sqlite":
-        return column.in_(
-            select(literal_column("value")).select_from(
-                func.json_each(bindparam("wanted", json.dumps(wanted)))
-            )
-        )
-    return column == any_(bindparam("wanted", wanted, type_=ARRAY(String)))
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -161,17 +141,6 @@ class UserRepository:
         )
         return result.first()
 
-    async def owners_by_external_id(
-        self, merchant_id: str, external_ids: Iterable[str]
-    ) -> dict[str, Owner]:
-        result = await self._conn.execute(
-            select(users.c.id, users.c.external_id).where(
-                users.c.merchant_id == merchant_id,
-                _one_of(self._conn, users.c.external_id, set(external_ids)),
-            )
-        )
-        return {row.external_id: Owner(merchant_id, row.id, row.external_id) for row in result}
-
     async def add_address(
         self,
         address_id: str,
@@ -227,29 +196,6 @@ class UserRepository:
         )
         highest = result.scalar_one_or_none()
         return 0 if highest is None else int(highest) + 1
-
-    async def owners_by_address(
-        self, chain_addresses: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], Owner]:
-        by_chain: dict[str, set[str]] = defaultdict(set)
-        for chain, address in chain_addresses:
-            by_chain[chain].add(address.lower())
-        found = {}
-        # one plain IN per chain: PostgreSQL plans a row-value IN over thousands of pairs
-        # badly (seconds for a block's worth), while this one walks the (chain, address) key
-        for chain, wanted in by_chain.items():
-            result = await self._conn.execute(
-                select(addresses.c.address, users.c.merchant_id, users.c.id, users.c.external_id)
-                .join(users, users.c.id == addresses.c.user_id)
-                .where(addresses.c.chain == chain, _one_of(self._conn, addresses.c.address, wanted))
-            )
-            found.update(
-                {
-                    (chain, row.address): Owner(row.merchant_id, row.id, row.external_id)
-                    for row in result
-                }
-            )
-        return found
 
 
 def deposit_from_row(row: Mapping[Any, Any]) -> DepositState:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 from depositd.domain.assets import Asset
 from depositd.domain.messages import Message
@@ -111,7 +112,7 @@ class ChainRef:
     tx_hash: str
     log_index: int = NATIVE_LOG_INDEX
 
-    @property
+    @cached_property  # asked for many times per deposit while recording a batch
     def key(self) -> str:
         return f"chain:{self.chain}:{self.tx_hash.lower()}:{self.log_index}"
 
@@ -127,7 +128,7 @@ class ProviderRef:
     provider: str
     deposit_id: str
 
-    @property
+    @cached_property  # asked for many times per deposit while recording a batch
     def key(self) -> str:
         return f"provider:{self.merchant_id}:{self.provider}:{self.deposit_id}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from depositd.domain.deposits import DepositState, Posting
 
@@ -30,7 +31,7 @@ class Account:
     asset: str
     side: Side
 
-    @property
+    @cached_property  # asked for many times per deposit while recording a batch
     def key(self) -> str:
         owner = f"user:{self.user_id}" if self.user_id else f"merchant:{self.merchant_id}"
         return f"{owner}:{self.asset}:{self.side}"

@@ -8,10 +8,9 @@ from datetime import datetime
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
-from depositd.db.recording import RecordingStore, open_recording
+from depositd.db.recording import OwnerKey, RecordingStore, find_owners, open_recording
 from depositd.db.repositories import Owner
 from depositd.db.transient import RetryTransaction, retry_transient
-from depositd.db.uow import UnitOfWork
 from depositd.domain import deposits as machine
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import ChainRef, DepositState, Observation, ToAddress, ToUser
@@ -178,22 +177,10 @@ async def _owners(db: Database, observations: Sequence[Observation]) -> list[Own
     keys = [_owner_key(obs.owner) for obs in observations]
     missing = {key for key in keys if key not in cache}
     if missing:
-        by_user: dict[str, set[str]] = {}
-        by_address: set[tuple[str, str]] = set()
-        for key in missing:
-            if key[0] == "user":
-                by_user.setdefault(key[1], set()).add(key[2])
-            else:
-                by_address.add((key[1], key[2]))
-        async with UnitOfWork(db, write=False) as uow:
-            for merchant_id, external_ids in by_user.items():
-                found = await uow.users.owners_by_external_id(merchant_id, external_ids)
-                cache.update({("user", merchant_id, ext): o for ext, o in found.items()})
-            if by_address:
-                located = await uow.users.owners_by_address(by_address)
-                cache.update({("address", *where): o for where, o in located.items()})
-        if len(cache) > _OWNER_CACHE_LIMIT:
-            cache.clear()
+        found = await find_owners(db, missing)
+        if len(cache) + len(found) > _OWNER_CACHE_LIMIT:
+            cache.clear()  # before adding: this batch's owners must stay
+        cache.update(found)
     owners = []
     for obs, key in zip(observations, keys, strict=True):
         owner = cache.get(key)
@@ -208,7 +195,7 @@ async def _owners(db: Database, observations: Sequence[Observation]) -> list[Own
 _OWNER_CACHE_LIMIT = 200_000
 
 
-def _owner_key(owner: ToUser | ToAddress) -> tuple[str, str, str]:
+def _owner_key(owner: ToUser | ToAddress) -> OwnerKey:
     if isinstance(owner, ToUser):
         return ("user", owner.merchant_id, owner.external_id)
     return ("address", owner.chain, owner.address.lower())
