@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import gc
 import io
 import os
 import pstats
@@ -73,6 +72,7 @@ from depositd.db.engine import Database
 from depositd.db.migrate import upgrade
 from depositd.domain.assets import Asset, AssetBook
 from depositd.ids import new_id
+from depositd.runtime import freeze_startup_objects
 from depositd.services import merchants, observations
 from depositd.workers.watcher import ChainWatcher
 
@@ -488,7 +488,8 @@ def clock_stages(watcher: ChainWatcher) -> StageClock:
     reader.head_and_block = stages.wrap("head + cursor check", reader.head_and_block)  # type: ignore[method-assign]
     # the round's wait for its blocks and logs (read ahead while the last round recorded)
     watcher._read = stages.wrap("waiting for blocks + logs", watcher._read)  # type: ignore[method-assign]
-    reader.receipts = stages.wrap("waiting for ETH receipts", reader.receipts)  # type: ignore[method-assign]
+    # receipts are read ahead with their range; those of addresses made since come here
+    watcher._transfers = stages.wrap("finding transfers (+ receipts)", watcher._transfers)  # type: ignore[method-assign]
     watched = watcher._watched
     watched.refresh = stages.wrap("address refresh", watched.refresh)  # type: ignore[method-assign]
     watcher._record = stages.wrap("record (owners + transaction)", watcher._record)  # type: ignore[method-assign]
@@ -598,7 +599,7 @@ async def scan(db: Database, chain: BenchChain, args: argparse.Namespace, cpu: C
     """The watcher from the first bench block to the head, every deposit credited."""
     watcher = ChainWatcher(db, bench_assets(chain.token), CHAIN, watcher_config(chain, args))
     async with watcher:
-        gc.collect()
+        freeze_startup_objects()  # as ``depositd worker`` does once started
         rss_before = rss_mb()
         peak_known = reset_peak_rss()
         # step() would load on its first round; loading here keeps the load out of the scan's
@@ -819,9 +820,7 @@ def report(
             accounted += seconds
         print(f"  {stage:<32} {seconds:>6.2f} s {seconds / scanned.seconds:>5.0%}")
     rest = scanned.seconds - accounted
-    print(
-        f"  {'the rest (finding transfers, ...)':<32} {rest:>6.2f} s {rest / scanned.seconds:>5.0%}"
-    )
+    print(f"  {'the rest':<32} {rest:>6.2f} s {rest / scanned.seconds:>5.0%}")
     print(f"loading the addresses (before the scan): {scanned.load_seconds:.2f} s")
     print(f"CPU seconds used ({os.cpu_count()} cores; postgres: all its processes):")
     for phase, used in cpu.laps.items():

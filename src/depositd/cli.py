@@ -21,6 +21,7 @@ from depositd.db.migrate import is_current, upgrade
 from depositd.domain.assets import AssetBook
 from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
+from depositd.runtime import freeze_startup_objects
 from depositd.services import addresses, merchants
 
 log = structlog.get_logger("depositd")
@@ -306,9 +307,11 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
                 await asyncio.to_thread(node.wait, 15)
 
         log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers)
+        app = create_app(config, db, workers=workers, on_shutdown=stop_dev_chain)
+        freeze_startup_objects()
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config, db, workers=workers, on_shutdown=stop_dev_chain),
+                app,
                 host=host,
                 port=port,
                 log_config=None,
@@ -342,6 +345,7 @@ async def _work(config: Config) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("workers starting", database=db.safe_url(), chains=sorted(workers.watchers))
+        freeze_startup_objects()
         workers.start()
         await stop.wait()
         log.info("workers stopping")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from depositd.chain.evm import ChainMoved, ChainReader
 from depositd.db.engine import Database
 from depositd.db.repositories import DepositFilter
 from depositd.devchain import DEMO_XPUB
@@ -165,3 +166,43 @@ async def test_a_deposit_order_is_paid_in_two_transfers_seen_on_chain(
         await watcher.step()
         paid = await orders.get_order(db, chain_ids, assets, merchant.id, order.order.id)
         assert (paid.progress.status.value, paid.progress.credited) == ("paid", 10 * USDT)
+
+
+async def test_a_reorg_under_a_range_read_ahead_is_caught(db: Database, anvil_url: str) -> None:
+    # catching up, the watcher reads the next range while recording this one and skips the
+    # head check when that range continues its cursor; the chain reorganised after the read
+    # ahead must still take the deposit back
+    async with live_chain(anvil_url) as chain:
+        merchant_id, address = await user_with_address(db)
+        watcher = chain.watcher(
+            db, assets_for(chain.token, confirmations=10), max_blocks_per_round=2
+        )
+        await chain.mine(2)
+        await send_eth(chain.rpc, address, ETH)  # block start + 2
+        await chain.mine(4)
+        assert await watcher.step()  # start .. start + 1, and start + 2 .. + 3 read ahead
+        ahead = watcher._ahead[0]
+        assert ahead.first == chain.start + 2
+        await ahead.task  # the old chain, deposit included, is read
+        await chain.rpc.call("anvil_reorg", 5, [])  # start + 2 onwards replaced, no deposit
+        rounds = moved = 0
+        while rounds < 20:
+            rounds += 1
+            try:
+                if not await watcher.step():
+                    break
+            except ChainMoved:
+                moved += 1  # the watcher's loop backs off and goes on: so do we
+        (history,) = (await statuses(db, merchant_id)).values()
+        # seen in the ranges read ahead (confirmations may have grown there), then taken back
+        assert history[0] == "confirming"
+        assert set(history[:-1]) == {"confirming"}
+        assert history[-1] == "orphaned"
+        assert moved >= 1
+        assert watcher.status.reorgs == 1
+        assert await balance(db, merchant_id, "alice", "ETH") == 0
+        head = await chain.head()
+        assert watcher.status.cursor == head
+        (block,) = await ChainReader(chain.rpc).headers([head])
+        assert block is not None
+        assert watcher._window[-1].hash == block.hash

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from functools import cached_property
 
 from depositd.domain.assets import Asset
 from depositd.domain.messages import Message
@@ -111,10 +110,13 @@ class ChainRef:
     chain: str
     tx_hash: str
     log_index: int = NATIVE_LOG_INDEX
+    #: ``chain:<chain>:<tx, lower case>:<log index>``, the deposit's identity
+    key: str = field(init=False, repr=False, compare=False)
 
-    @cached_property  # asked for many times per deposit while recording a batch
-    def key(self) -> str:
-        return f"chain:{self.chain}:{self.tx_hash.lower()}:{self.log_index}"
+    def __post_init__(self) -> None:
+        # made once: recording a batch asks for it many times per deposit
+        key = f"chain:{self.chain}:{self.tx_hash.lower()}:{self.log_index}"
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,12 @@ class ProviderRef:
     merchant_id: str
     provider: str
     deposit_id: str
+    #: ``provider:<merchant>:<provider>:<deposit id>``, the deposit's identity
+    key: str = field(init=False, repr=False, compare=False)
 
-    @cached_property  # asked for many times per deposit while recording a batch
-    def key(self) -> str:
-        return f"provider:{self.merchant_id}:{self.provider}:{self.deposit_id}"
+    def __post_init__(self) -> None:
+        key = f"provider:{self.merchant_id}:{self.provider}:{self.deposit_id}"
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ append-only: a reversal is a new posting with opposite signs, never an edit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 
 from depositd.domain.deposits import DepositState, Posting
 
@@ -30,11 +29,13 @@ class Account:
     user_id: str | None
     asset: str
     side: Side
+    #: ``user:<id>:<asset>:<side>`` or ``merchant:<id>:<asset>:external``
+    key: str = field(init=False, repr=False, compare=False)
 
-    @cached_property  # asked for many times per deposit while recording a batch
-    def key(self) -> str:
+    def __post_init__(self) -> None:
+        # made once: recording a batch asks for it many times per entry
         owner = f"user:{self.user_id}" if self.user_id else f"merchant:{self.merchant_id}"
-        return f"{owner}:{self.asset}:{self.side}"
+        object.__setattr__(self, "key", f"{owner}:{self.asset}:{self.side}")
 
     @property
     def cached(self) -> bool:

@@ -5,7 +5,10 @@ Each round it
 1. asks for the head and, in the same round trip, the block at its cursor. A different hash
    there means a reorg: it walks back through its stored window of recent hashes to the fork
    point, and every deposit in a dropped block is taken back (``orphaned`` before credit,
-   ``reversed`` after, with the compensating ledger entry) unless the new chain holds it too;
+   ``reversed`` after, with the compensating ledger entry) unless the new chain holds it too.
+   While catching up, the next range is read ahead (with the head) as this one is recorded;
+   when it continues the cursor's hash, the cursor is still canonical and the round skips
+   this question;
 2. reads the next blocks and the Transfer logs of the allow-listed tokens in them
    (``chain.evm``, batched), checked to continue the chain it holds;
 3. finds the deposits in them (``chain.transfers``) and reports the confirmations of every
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +40,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from depositd.chain.evm import ChainMoved, ChainRange, ChainReader
+from depositd.chain.evm import Block, ChainMoved, ChainRange, ChainReader, Receipt
 from depositd.chain.rpc import EvmRpc, RpcError
 from depositd.chain.transfers import Transfer, find_transfers, native_candidates
 from depositd.clock import utcnow
@@ -57,6 +61,10 @@ from depositd.services.observations import Recorded, record_observations
 from depositd.workers.backoff import Backoff
 
 log = structlog.get_logger("depositd.watcher")
+
+#: ranges read ahead of the one being recorded while catching up: with two, the node is
+#: never idle while a round records
+READ_AHEAD = 1
 
 #: waits between attempts while the node is unreachable: up to 30 s apart
 NODE_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=30.0)
@@ -112,6 +120,16 @@ class _Waiting:
 
 
 @dataclass
+class _Read:
+    """A range as read: its blocks and logs, the receipts of the native transfers to our
+    addresses in it, and the head the node reported alongside (if asked)."""
+
+    range: ChainRange
+    receipts: dict[str, Receipt]
+    head: int | None = None
+
+
+@dataclass
 class _ReadAhead:
     """The next range, read while the current one is being recorded."""
 
@@ -119,7 +137,7 @@ class _ReadAhead:
     last: int
     #: the hash of the block before ``first`` it was read to follow
     parent_hash: str
-    task: asyncio.Task[ChainRange]
+    task: asyncio.Task[_Read]
 
     def discard(self) -> None:
         self.task.cancel()
@@ -171,12 +189,10 @@ class ChainWatcher:
         self._waiting: dict[str, _Waiting] = {}
         self._loaded = False
         self._new_head = asyncio.Event()
-        self._ahead: _ReadAhead | None = None
+        self._ahead: deque[_ReadAhead] = deque()
 
     async def close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.discard()
-            self._ahead = None
+        self._discard_reads_ahead()
         await self._rpc.close()
 
     async def __aenter__(self) -> ChainWatcher:
@@ -270,20 +286,27 @@ class ChainWatcher:
         if not self._loaded:
             await self._load()
         tip = self._window[-1] if self._window else None
-        head, tip_now = await self._reader.head_and_block(tip.number if tip else None)
-        self.status.head = head
-        self.status.node_reachable = True
         found = _Round()
-        if tip is not None and tip_now is None and head < tip.number:
-            # a node behind our cursor (restarted, or one of several behind a balancer) says
-            # nothing about our blocks yet: wait for it rather than undo deposits
-            log.info("node_behind_cursor", chain=self.chain, head=head, cursor=tip.number)
-            return False
-        if tip is not None and (tip_now is None or tip_now.hash != tip.hash):
-            found.fork_point = await self._fork_point()
-            found.dropped = await watching.deposits_above(self._db, self.chain, found.fork_point)
-            self._window = [b for b in self._window if b.number <= found.fork_point]
-            tip = self._window[-1] if self._window else None
+        if tip is not None and self._reading_ahead_from(tip):
+            # the range read ahead must continue the cursor's hash (``read_range`` checks):
+            # that is this round's reorg check, and that read brings the head along
+            head = self.status.head or tip.number
+        else:
+            head, tip_now = await self._reader.head_and_block(tip.number if tip else None)
+            self.status.head = head
+            self.status.node_reachable = True
+            if tip is not None and tip_now is None and head < tip.number:
+                # a node behind our cursor (restarted, or one of several behind a balancer)
+                # says nothing about our blocks yet: wait for it rather than undo deposits
+                log.info("node_behind_cursor", chain=self.chain, head=head, cursor=tip.number)
+                return False
+            if tip is not None and (tip_now is None or tip_now.hash != tip.hash):
+                found.fork_point = await self._fork_point()
+                found.dropped = await watching.deposits_above(
+                    self._db, self.chain, found.fork_point
+                )
+                self._window = [b for b in self._window if b.number <= found.fork_point]
+                tip = self._window[-1] if self._window else None
         if tip is not None:
             cursor = tip.number
         elif self.config.start_block == "latest":
@@ -292,18 +315,20 @@ class ChainWatcher:
             cursor = self.config.start_block - 1
         last = min(head, cursor + self.config.max_blocks_per_round)
         if last > cursor:
-            found.scanned = await self._read(cursor + 1, last, tip.hash if tip else None)
-            last = found.scanned.last.number
+            read = await self._read(cursor + 1, last, tip.hash if tip else None)
+            if read.head is not None:
+                self.status.head = max(self.status.head or read.head, read.head)
+            head = max(head, self.status.head or head)
+            found.scanned = read.range
+            last = read.range.last.number
             # addresses are refreshed after the blocks are read: an address a deposit in them
             # was sent to was handed out, so committed, before that deposit was sent
             await self._watched.refresh()
             self.status.watched_addresses = len(self._watched.addresses)
-            found.transfers = await self._transfers(found.scanned)
-            if last < head:
-                # catching up: the node reads the next range while this one is recorded (not
-                # sooner: this range's receipts would queue behind it)
-                self._prefetch(last + 1, min(head, last + self.config.max_blocks_per_round),
-                               found.scanned.last.hash)  # fmt: skip
+            found.transfers = await self._transfers(read)
+            # catching up, the node reads the next ranges while this one is recorded (not
+            # sooner: this range's receipts would queue behind them)
+            self._keep_reading_ahead(read)
         verified = max(last, cursor) if tip is not None or found.scanned else None
         if verified is not None:
             await self._record(found, verified)
@@ -311,28 +336,88 @@ class ChainWatcher:
         self.status.last_round_at = self._clock()
         return last < head
 
-    async def _read(self, first: int, last: int, parent_hash: str | None) -> ChainRange:
+    def _reading_ahead_from(self, tip: BlockRow) -> bool:
+        if not self._ahead:
+            return False
+        ahead = self._ahead[0]
+        return (ahead.first, ahead.parent_hash) == (tip.number + 1, tip.hash)
+
+    async def _read(self, first: int, last: int, parent_hash: str | None) -> _Read:
         """Blocks ``first..last`` (fewer if a read ahead already covers the start)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
+        if self._ahead:
+            ahead = self._ahead[0]
             if (ahead.first, ahead.parent_hash) == (first, parent_hash) and ahead.last <= last:
-                return await ahead.task
-            ahead.discard()
+                self._ahead.popleft()
+                try:
+                    return await ahead.task
+                except BaseException:
+                    self._discard_reads_ahead()  # they continue a range that failed
+                    raise
+            self._discard_reads_ahead()
         return await self._read_range(first, last, parent_hash)
 
-    def _prefetch(self, first: int, last: int, parent_hash: str) -> None:
-        task = asyncio.create_task(self._read_range(first, last, parent_hash))
-        self._ahead = _ReadAhead(first, last, parent_hash, task)
+    def _keep_reading_ahead(self, read: _Read) -> None:
+        """Keep ``READ_AHEAD`` ranges read ahead of ``read``'s while the chain goes on.
 
-    async def _read_range(self, first: int, last: int, parent_hash: str | None) -> ChainRange:
+        Each range must continue the hash of the one before, so a range is asked for once
+        the one before it is in: by the round when none is in flight, else when the last
+        one in flight arrives (``_read_ahead_arrived``).
+        """
+        if not self._ahead:
+            self._read_ahead_after(read.range.last)
+        elif self._ahead[-1].task.done():
+            self._read_ahead_arrived(self._ahead[-1])
+
+    def _read_ahead_after(self, block: Block) -> None:
+        head = self.status.head
+        if head is None or block.number >= head or len(self._ahead) >= READ_AHEAD:
+            return
+        first, last = block.number + 1, min(head, block.number + self.config.max_blocks_per_round)
+        task = asyncio.create_task(self._read_range(first, last, block.hash, with_head=True))
+        ahead = _ReadAhead(first, last, block.hash, task)
+        self._ahead.append(ahead)
+        task.add_done_callback(lambda _: self._read_ahead_arrived(ahead))
+
+    def _read_ahead_arrived(self, ahead: _ReadAhead) -> None:
+        task = ahead.task
+        if task.cancelled() or task.exception() is not None:
+            return  # whoever takes it hears of the failure
+        read = task.result()
+        if read.head is not None:
+            self.status.head = max(self.status.head or read.head, read.head)
+        if self._ahead and self._ahead[-1] is ahead:
+            self._read_ahead_after(read.range.last)
+
+    def _discard_reads_ahead(self) -> None:
+        while self._ahead:
+            self._ahead.pop().discard()
+
+    async def _read_range(
+        self, first: int, last: int, parent_hash: str | None, *, with_head: bool = False
+    ) -> _Read:
         # transactions only when native coin is watched: full blocks are the slow read
-        return await self._reader.read_range(
+        reading = self._reader.read_range(
             first,
             last,
             contracts=self._tokens.keys(),
             transactions=self._native is not None,
             parent_hash=parent_hash,
         )
+        if with_head:
+            chain_range, head = await asyncio.gather(reading, self._rpc.block_number())
+        else:
+            chain_range, head = await reading, None
+        read = _Read(chain_range, {}, head)
+        await self._fetch_receipts(read)
+        return read
+
+    async def _fetch_receipts(self, read: _Read) -> None:
+        """Receipts of the native transfers to our addresses that ``read`` lacks."""
+        candidates = native_candidates(read.range.blocks, self._watched.addresses, self._native)
+        missing = [tx.hash for _, tx in candidates if tx.hash not in read.receipts]
+        if missing:
+            receipts = await self._reader.receipts(missing)
+            read.receipts.update((r.tx_hash, r) for r in receipts if r is not None)
 
     async def _load(self) -> None:
         rows = await watching.window(self._db, self.chain)
@@ -375,12 +460,17 @@ class ChainWatcher:
         log.warning("reorg", chain=self.chain, fork_point=fork, depth=depth)
         return fork
 
-    async def _transfers(self, scanned: ChainRange) -> list[Transfer]:
-        watched = self._watched.addresses
-        candidates = native_candidates(scanned.blocks, watched, self._native)
-        receipts = await self._reader.receipts([tx.hash for _, tx in candidates])
-        by_hash = {r.tx_hash: r for r in receipts if r is not None}
-        return find_transfers(self.chain, scanned, watched, self._tokens, self._native, by_hash)
+    async def _transfers(self, read: _Read) -> list[Transfer]:
+        # addresses made since the range was read may want more receipts
+        await self._fetch_receipts(read)
+        return find_transfers(
+            self.chain,
+            read.range,
+            self._watched.addresses,
+            self._tokens,
+            self._native,
+            read.receipts,
+        )
 
     async def _record(self, found: _Round, verified: int) -> None:
         """Record the round's deposits and confirmations, oldest block first, in one batch."""
