@@ -72,6 +72,35 @@ class ChainConfig(_Section):
     rpc_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
 
+class DeliveryConfig(_Section):
+    """Outbound webhooks: how the sender posts, and where it may post to (DESIGN §5)."""
+
+    #: plain ``http://`` endpoint URLs are refused unless this is true (dev, tests)
+    allow_http: bool = False
+    #: addresses or networks (CIDR) endpoints may reach although they are not public, for
+    #: example ``["127.0.0.1/32", "::1/128"]`` in dev and tests; everything else non-public
+    #: (loopback, private, link-local, metadata, ...) is refused at connect time
+    allow_networks: list[str] = []
+    #: a PEM file of extra certificate authorities to trust (certificates are always verified)
+    ca_bundle: Path | None = None
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    total_timeout_seconds: float = Field(15.0, gt=0, le=300)
+    #: deliveries claimed per batch, and requests in flight at once
+    batch_size: int = Field(200, ge=1, le=10_000)
+    concurrency: int = Field(64, ge=1, le=1024)
+    #: how long a claimed delivery stays leased to its sender before another may take it
+    lease_seconds: float = Field(60.0, ge=5, le=3600)
+    #: how long an endpoint's old secret keeps signing beside the new one after a rotation
+    rotation_grace_hours: float = Field(24.0, ge=0, le=24 * 30)
+    #: consecutive failures that open an endpoint's circuit (no attempts for a while)
+    circuit_failures: int = Field(5, ge=1, le=1000)
+    circuit_open_seconds: float = Field(30.0, gt=0, le=3600)
+    #: an endpoint failing without a single success for this long is disabled
+    disable_after_hours: float = Field(72.0, gt=0, le=24 * 30)
+    #: most response bytes kept with each attempt
+    response_excerpt_bytes: int = Field(512, ge=0, le=65536)
+
+
 class TierConfig(_Section):
     #: deposits of at least this amount (a decimal string) ...
     min_amount: str
@@ -95,6 +124,7 @@ class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database: DatabaseConfig = DatabaseConfig()
     server: ServerConfig = ServerConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     chains: dict[str, ChainConfig] = {}
     assets: list[AssetConfig] = []
 
