@@ -65,6 +65,7 @@ def create_app(
         chains=frozenset(config.chains),
         recorder=Recorder(database, assets),
         chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
+        delivery=config.delivery,
     )
     problems.install(app)
     app.include_router(router)

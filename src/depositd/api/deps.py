@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from depositd.api.problems import unauthorized
+from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
@@ -25,6 +26,8 @@ class AppContext:
     recorder: Recorder
     #: each configured chain's EIP-155 chain id, by name (payment URIs carry it)
     chain_ids: Mapping[str, int]
+    #: outbound webhook policy (which endpoint URLs are allowed, secret rotation grace)
+    delivery: DeliveryConfig
 
 
 def context(request: Request) -> AppContext:
