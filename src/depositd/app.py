@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from depositd import __version__
-from depositd.api import problems
+from depositd.api import deliveries, endpoints, problems, ws
 from depositd.api.deps import AppContext
 from depositd.api.limits import BodySizeLimit
 from depositd.api.routes import router
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
+from depositd.delivery.hub import EventHub
 from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
 
@@ -46,6 +47,7 @@ def create_app(
         try:
             yield
         finally:
+            await _app.state.event_hub.close()  # ends the WebSocket streams
             if background is not None:
                 await background.stop()
             if owns_db:
@@ -67,8 +69,13 @@ def create_app(
         chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
         delivery=config.delivery,
     )
+    #: follows the committed event log for this process's WebSocket streams (``api.ws``)
+    app.state.event_hub = EventHub(database)
     problems.install(app)
     app.include_router(router)
+    app.include_router(ws.router)
+    app.include_router(endpoints.router)
+    app.include_router(deliveries.router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     async def healthz() -> dict[str, str]:

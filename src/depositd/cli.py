@@ -7,8 +7,10 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from sqlalchemy.engine import make_url
@@ -23,8 +25,15 @@ from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
 from depositd.services import addresses, merchants
+from depositd.workers import ROLES
+
+if TYPE_CHECKING:
+    from depositd.services.deliveries import Delivery
 
 log = structlog.get_logger("depositd")
+
+#: a number parsed from a command-line argument
+N = TypeVar("N", int, float)
 
 #: xpub at m/44'/60'/0'/0 of anvil's default mnemonic ("test test ... junk"): the demo
 #: merchant's addresses are anvil's funded dev accounts. Never use it for real money.
@@ -61,11 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the API only; run the chain watchers and sweepers with 'depositd worker'",
     )
 
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker",
         help="run the background workers without the API",
-        description="Run the chain watcher of every chain with an rpc_url, and the deposit"
-        " order expiry sweeper, until stopped (SIGTERM or Ctrl-C).",
+        description="Run the chain watcher of every chain with an rpc_url, the webhook"
+        " sender and the deposit order expiry sweeper, until stopped (SIGTERM or Ctrl-C).",
+    )
+    worker.add_argument(
+        "--only",
+        action="append",
+        choices=ROLES,
+        help="run only this worker (repeat for several); default: all of them",
     )
 
     commands.add_parser(
@@ -139,6 +154,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Revoke an API key by its id (key_…); requests with it fail from now on.",
     )
     revoke.add_argument("key_id", help="the key's id, as printed by 'api-keys create'")
+
+    delivery_cmd = commands.add_parser(
+        "deliveries", help="list webhook deliveries and retry one (every merchant's)"
+    )
+    delivery_verbs = delivery_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
+    list_deliveries = delivery_verbs.add_parser(
+        "list",
+        help="list deliveries, newest first, one a line",
+        description="List webhook deliveries of every merchant, newest first, one a line:"
+        " id, status, merchant, endpoint, event seq and type, attempts, when it is due or"
+        " finished, and the last outcome.",
+    )
+    list_deliveries.add_argument(
+        "--status", choices=("pending", "delivered", "dead"), help="only deliveries in it"
+    )
+    list_deliveries.add_argument("--endpoint", metavar="ID", help="only this endpoint's")
+    list_deliveries.add_argument(
+        "--limit", default="50", metavar="N", help="at most N deliveries (default: 50)"
+    )
+    retry = delivery_verbs.add_parser(
+        "retry",
+        help="send a delivery again now",
+        description="Make a delivery due now, whatever its status. A dead one gets one more"
+        " attempt; a delivered one is sent again (same webhook-id, for the receiver to drop"
+        " if it has it). Its endpoint must be enabled.",
+    )
+    retry.add_argument("delivery_id", metavar="DELIVERY_ID", help="the delivery's id")
+
+    replay = commands.add_parser(
+        "replay",
+        help="re-send an endpoint's events after a seq or in a time range",
+        description="Queue again, through the outbox, every event the endpoint subscribes to"
+        " after --after-seq, or created from --from until --to (ISO times with a UTC offset),"
+        " spread out at --rate a second so live deliveries keep going out between them."
+        " At most 100,000 events at once.",
+    )
+    replay.add_argument("endpoint_id", metavar="ENDPOINT_ID", help="the endpoint's id (end_…)")
+    replay.add_argument("--after-seq", metavar="N", help="re-send the events after this seq")
+    replay.add_argument("--from", dest="created_from", metavar="T", help="from this time ...")
+    replay.add_argument("--to", dest="created_to", metavar="T", help="... until this time")
+    replay.add_argument("--rate", metavar="R", help="deliveries due per second (default: 50)")
     return parser
 
 
@@ -156,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("serve", "dev"):
             return _serve(config, args, dev=args.command == "dev")
         if args.command == "worker":
-            return asyncio.run(_work(config))
+            return asyncio.run(_work(config, args.only))
         return asyncio.run(_admin(config, args))
     except ConfigError as exc:
         print(f"depositd: config error: {exc}", file=sys.stderr)
@@ -207,6 +263,15 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             await _require_schema(db)
             key = await merchants.create_api_key(db, args.merchant, args.label)
             print(f"id:  {key.id}\nkey: {key.secret}\n(the key is shown only now)")
+        elif args.command == "deliveries" and args.verb == "list":
+            await _require_schema(db)
+            await _list_deliveries(db, args)
+        elif args.command == "deliveries":
+            await _require_schema(db)
+            await _retry_delivery(db, args)
+        elif args.command == "replay":
+            await _require_schema(db)
+            await _replay(db, args)
         else:
             await _require_schema(db)
             await merchants.revoke_api_key(db, args.key_id)
@@ -214,6 +279,114 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     finally:
         await db.dispose()
     return 0
+
+
+async def _list_deliveries(db: Database, args: argparse.Namespace) -> None:
+    from depositd.services import deliveries  # imports the HTTP client: only when needed
+
+    page = await deliveries.list_deliveries(
+        db,
+        None,
+        status=args.status,
+        endpoint_id=args.endpoint,
+        limit=_number("--limit", args.limit, int),
+    )
+    for delivery in page.items:
+        print(_delivery_line(delivery))
+
+
+async def _retry_delivery(db: Database, args: argparse.Namespace) -> None:
+    from depositd.services import deliveries
+
+    delivery_id = _number("DELIVERY_ID", args.delivery_id, int)
+    before = await deliveries.get_delivery(db, None, delivery_id)
+    retried = await deliveries.retry_delivery(db, None, delivery_id)
+    print(
+        f"delivery {retried.id} of event {retried.event_seq} to {retried.endpoint_id} is due"
+        f" now (it was {before.delivery.status} after {before.delivery.attempts} attempts)"
+    )
+
+
+async def _replay(db: Database, args: argparse.Namespace) -> None:
+    from depositd.services import deliveries
+
+    by_seq = args.after_seq is not None
+    by_time = args.created_from is not None or args.created_to is not None
+    if by_seq == by_time:
+        raise DepositdError("replay: give --after-seq N, or --from T and --to T")
+    if by_time and (args.created_from is None or args.created_to is None):
+        raise DepositdError("replay: --from and --to go together")
+    replayed = await deliveries.replay_endpoint(
+        db,
+        None,
+        args.endpoint_id,
+        after_seq=_number("--after-seq", args.after_seq, int) if by_seq else None,
+        created_from=_time("--from", args.created_from) if by_time else None,
+        created_to=_time("--to", args.created_to) if by_time else None,
+        rate_per_second=deliveries.DEFAULT_REPLAY_RATE
+        if args.rate is None
+        else _number("--rate", args.rate, float),
+    )
+    if not replayed.queued:
+        print(f"nothing to replay to {replayed.endpoint_id}")
+        return
+    print(
+        f"queued {replayed.queued} events (seq {replayed.first_seq}..{replayed.last_seq}) for"
+        f" {replayed.endpoint_id}, all due by {replayed.finishes_by.isoformat(timespec='seconds')}"
+    )
+
+
+def _delivery_line(delivery: Delivery) -> str:
+    if delivery.next_attempt_at is not None:
+        when = f"due {_stamp(delivery.next_attempt_at)}"
+    elif delivery.finished_at is not None:
+        when = f"finished {_stamp(delivery.finished_at)}"
+    else:
+        when = "-"
+    if delivery.last_error:
+        last = delivery.last_error
+    elif delivery.last_status_code is not None:
+        last = f"HTTP {delivery.last_status_code}"
+    else:
+        last = "-"
+    last = " ".join(last.split())  # one line, whatever the receiver or the network said
+    return "\t".join(
+        (
+            str(delivery.id),
+            delivery.status,
+            delivery.merchant_id,
+            delivery.endpoint_id,
+            f"seq {delivery.event_seq}",
+            delivery.event_type,
+            f"attempts {delivery.attempts}",
+            when,
+            last,
+        )
+    )
+
+
+def _stamp(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")
+
+
+def _number(name: str, value: str, kind: Callable[[str], N]) -> N:
+    try:
+        return kind(value)
+    except ValueError:
+        raise DepositdError(f"{name} {value!r}: not a number") from None
+
+
+def _time(name: str, value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise DepositdError(
+            f"{name} {value!r}: write an ISO time with a UTC offset, for example"
+            " 2024-05-01T00:00:00Z"
+        )
+    return at
 
 
 async def _require_schema(db: Database) -> None:
@@ -333,18 +506,23 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
     return 0
 
 
-async def _work(config: Config) -> int:
+async def _work(config: Config, only: list[str] | None) -> int:
     from depositd.workers.supervisor import Workers
 
     db = Database(config.database_url())
     try:
         await _require_schema(db)
-        workers = Workers(config, db, config.asset_book())
+        workers = Workers(config, db, config.asset_book(), roles=only)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        log.info("workers starting", database=db.safe_url(), chains=sorted(workers.watchers))
+        log.info(
+            "workers starting",
+            database=db.safe_url(),
+            roles=sorted(workers.roles),
+            chains=sorted(workers.watchers),
+        )
         freeze_startup_objects()
         workers.start()
         await stop.wait()

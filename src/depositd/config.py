@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -81,6 +82,17 @@ class DeliveryConfig(_Section):
     #: example ``["127.0.0.1/32", "::1/128"]`` in dev and tests; everything else non-public
     #: (loopback, private, link-local, metadata, ...) is refused at connect time
     allow_networks: list[str] = []
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return networks
+
     #: a PEM file of extra certificate authorities to trust (certificates are always verified)
     ca_bundle: Path | None = None
     connect_timeout_seconds: float = Field(5.0, gt=0, le=60)

@@ -540,8 +540,39 @@ class EventRepository:
         return list(result.scalars())
 
 
+#: ``disabled_reason`` of an endpoint its merchant deleted: kept (disabled) for the history of
+#: its deliveries, hidden from every merchant-facing read
+ENDPOINT_DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A webhook endpoint as its merchant sees it: never its secrets."""
+
+    id: str
+    merchant_id: str
+    url: str
+    fallback_urls: tuple[str, ...]
+    #: event types it subscribes to, sorted; ``("*",)`` for all
+    event_types: tuple[str, ...]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    #: the secret before the last rotation signs beside the current one until then
+    previous_secret_until: datetime | None
+    failure_streak: int
+    failing_since: datetime | None
+    circuit_open_until: datetime | None
+
+
 class EndpointRepository:
-    """Webhook endpoints and their outbox; the full API arrives with outbound callbacks."""
+    """Webhook endpoints and their subscriptions, always within one merchant's endpoints.
+
+    Deleted endpoints stay as rows (their deliveries and attempts reference them) but are
+    disabled with ``ENDPOINT_DELETED`` and invisible here, so they answer as not found.
+    """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -553,16 +584,166 @@ class EndpointRepository:
         url: str,
         event_types: Iterable[str],
         now: datetime,
+        *,
+        fallback_urls: Sequence[str] = (),
+        description: str = "",
+        secret: str = "",
     ) -> None:
         await self._conn.execute(
             endpoints.insert().values(
-                id=endpoint_id, merchant_id=merchant_id, url=url, created_at=now
+                id=endpoint_id,
+                merchant_id=merchant_id,
+                url=url,
+                fallback_urls=list(fallback_urls),
+                description=description,
+                secret=secret,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await self.set_event_types(endpoint_id, event_types)
+
+    async def set_event_types(self, endpoint_id: str, event_types: Iterable[str]) -> None:
+        """Replace the endpoint's subscriptions."""
+        await self._conn.execute(
+            endpoint_subscriptions.delete().where(
+                endpoint_subscriptions.c.endpoint_id == endpoint_id
             )
         )
         await self._conn.execute(
             endpoint_subscriptions.insert(),
             [{"endpoint_id": endpoint_id, "event_type": t} for t in sorted(set(event_types))],
         )
+
+    async def get(
+        self, merchant_id: str, endpoint_id: str, *, lock: bool = False
+    ) -> Endpoint | None:
+        """The merchant's endpoint; ``lock`` holds its row against other changes until commit.
+
+        The lock is ``FOR NO KEY UPDATE`` on PostgreSQL: it leaves alone the key-share lock
+        that queueing a delivery takes on the endpoint, so event writers are never held up.
+        """
+        stmt = self._visible(merchant_id).where(endpoints.c.id == endpoint_id)
+        found = await self._load(stmt.with_for_update(key_share=True) if lock else stmt)
+        return found[0] if found else None
+
+    async def of_merchant(self, merchant_id: str) -> list[Endpoint]:
+        """The merchant's endpoints, oldest first."""
+        return await self._load(
+            self._visible(merchant_id).order_by(endpoints.c.created_at, endpoints.c.id)
+        )
+
+    async def update(
+        self,
+        merchant_id: str,
+        endpoint_id: str,
+        now: datetime,
+        *,
+        url: str | None = None,
+        fallback_urls: Sequence[str] | None = None,
+        description: str | None = None,
+    ) -> bool:
+        """Change the fields given (None: keep); False if the merchant has no such endpoint."""
+        values: dict[str, Any] = {"updated_at": now}
+        if url is not None:
+            values["url"] = url
+        if fallback_urls is not None:
+            values["fallback_urls"] = list(fallback_urls)
+        if description is not None:
+            values["description"] = description
+        return await self._change(merchant_id, endpoint_id, values)
+
+    async def disable(self, merchant_id: str, endpoint_id: str, reason: str, now: datetime) -> bool:
+        """Stop deliveries to the endpoint; one already disabled keeps its original reason."""
+        result = await self._conn.execute(
+            update(endpoints)
+            .where(*self._mine(merchant_id, endpoint_id), endpoints.c.disabled_at.is_(None))
+            .values(disabled_at=now, disabled_reason=reason, updated_at=now)
+        )
+        return bool(result.rowcount)
+
+    async def enable(self, merchant_id: str, endpoint_id: str, now: datetime) -> bool:
+        """Deliver to the endpoint again, its failure history and open circuit forgotten."""
+        return await self._change(
+            merchant_id,
+            endpoint_id,
+            {
+                "disabled_at": None,
+                "disabled_reason": None,
+                "failure_streak": 0,
+                "failing_since": None,
+                "circuit_open_until": None,
+                "updated_at": now,
+            },
+        )
+
+    async def delete(self, merchant_id: str, endpoint_id: str, now: datetime) -> bool:
+        """Disable the endpoint for good and hide it; its pending deliveries become dead.
+
+        The rows stay: delivery rows and their attempts reference the endpoint, and that
+        history outlives it. The outbox is changed first, in the order the sender locks
+        (deliveries, then endpoints), so the two cannot deadlock.
+        """
+        if await self.get(merchant_id, endpoint_id) is None:
+            return False
+        await self._conn.execute(
+            update(deliveries)
+            .where(deliveries.c.endpoint_id == endpoint_id, deliveries.c.status == "pending")
+            .values(status="dead", last_error="endpoint deleted", finished_at=now)
+        )
+        return await self._change(
+            merchant_id,
+            endpoint_id,
+            {"disabled_at": now, "disabled_reason": ENDPOINT_DELETED, "updated_at": now},
+        )
+
+    async def rotate_secret(
+        self,
+        merchant_id: str,
+        endpoint_id: str,
+        secret: str,
+        previous_until: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Sign with ``secret`` from now on; the current one also signs until ``previous_until``.
+
+        None drops the current secret at once. One statement reads the current secret and
+        replaces it, so concurrent rotations each keep the secret the other just set.
+        """
+        previous: Any = None
+        if previous_until is not None:
+            previous = func.nullif(endpoints.c.secret, "")  # an endpoint that had none yet
+        return await self._change(
+            merchant_id,
+            endpoint_id,
+            {
+                "secret": secret,
+                "previous_secret": previous,
+                "previous_secret_until": previous_until,
+                "updated_at": now,
+            },
+        )
+
+    async def queue_test_event(self, endpoint_id: str, event: PendingEvent, now: datetime) -> int:
+        """Append ``event`` and queue it for this endpoint alone (no fan-out); its seq.
+
+        Call last in the unit of work: from here the event cursor is locked until commit.
+        """
+        result = await self._conn.execute(ADVANCE_EVENT_COUNTER, {"n": 1})
+        seq: int = result.scalar_one()
+        await self._conn.execute(events.insert(), event_rows(seq, [event]))
+        await self._conn.execute(
+            deliveries.insert().values(
+                endpoint_id=endpoint_id,
+                event_seq=seq,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                ordering_key=None,
+            )
+        )
+        return seq
 
     async def deliveries_for(self, endpoint_id: str) -> list[tuple[int, str]]:
         """(event seq, event type) of every outbox row queued for the endpoint."""
@@ -573,6 +754,63 @@ class EndpointRepository:
             .order_by(deliveries.c.event_seq)
         )
         return [(row.event_seq, row.type) for row in result]
+
+    @staticmethod
+    def _mine(merchant_id: str, endpoint_id: str) -> tuple[Any, ...]:
+        return (
+            endpoints.c.id == endpoint_id,
+            endpoints.c.merchant_id == merchant_id,
+            endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED),
+        )
+
+    @staticmethod
+    def _visible(merchant_id: str) -> Any:
+        return select(endpoints).where(
+            endpoints.c.merchant_id == merchant_id,
+            endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED),
+        )
+
+    async def _change(self, merchant_id: str, endpoint_id: str, values: dict[str, Any]) -> bool:
+        result = await self._conn.execute(
+            update(endpoints).where(*self._mine(merchant_id, endpoint_id)).values(**values)
+        )
+        return bool(result.rowcount)
+
+    async def _load(self, stmt: Any) -> list[Endpoint]:
+        rows = (await self._conn.execute(stmt)).all()
+        if not rows:
+            return []
+        types: dict[str, list[str]] = defaultdict(list)
+        result = await self._conn.execute(
+            select(endpoint_subscriptions)
+            .where(endpoint_subscriptions.c.endpoint_id.in_([row.id for row in rows]))
+            .order_by(endpoint_subscriptions.c.event_type)
+        )
+        for sub in result:
+            types[sub.endpoint_id].append(sub.event_type)
+        return [
+            Endpoint(
+                id=row.id,
+                merchant_id=row.merchant_id,
+                url=row.url,
+                fallback_urls=tuple(
+                    json.loads(row.fallback_urls)
+                    if isinstance(row.fallback_urls, str)
+                    else row.fallback_urls
+                ),
+                event_types=tuple(types[row.id]),
+                description=row.description,
+                created_at=row.created_at,
+                updated_at=row.updated_at or row.created_at,
+                disabled_at=row.disabled_at,
+                disabled_reason=row.disabled_reason,
+                previous_secret_until=row.previous_secret_until if row.previous_secret else None,
+                failure_streak=row.failure_streak,
+                failing_since=row.failing_since,
+                circuit_open_until=row.circuit_open_until,
+            )
+            for row in rows
+        ]
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,15 @@ deliveries = Table(
     _ts("finished_at", nullable=True),
     UniqueConstraint("endpoint_id", "event_seq"),
     Index(None, "status", "next_attempt_at"),
-    Index(None, "endpoint_id", "ordering_key", "event_seq"),
+    #: the sender's per-deposit ordering check: the pending rows only
+    Index(
+        "ix_deliveries_pending_order",
+        "endpoint_id",
+        "ordering_key",
+        "event_seq",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
 
 #: every attempt to deliver, kept for operators (and expired by retention)

@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.engine import Database
+from depositd.db.outbox import DeliveryRepository
 from depositd.db.repositories import (
     AccountRepository,
     ChainRepository,
@@ -48,6 +49,7 @@ class UnitOfWork:
         self.endpoints = EndpointRepository(conn)
         self.orders = OrderRepository(conn)
         self.chains = ChainRepository(conn)
+        self.deliveries = DeliveryRepository(conn)
         return self
 
     async def commit(self) -> None:

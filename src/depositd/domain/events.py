@@ -25,6 +25,8 @@ EVENT_TYPES = (
     "deposit.failed",
     "deposit_order.expired",
     "endpoint.disabled",
+    # asked for by the merchant (POST /v1/endpoints/{id}/test): queued for that endpoint only
+    "endpoint.test",
 )
 
 

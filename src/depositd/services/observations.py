@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
@@ -65,9 +66,31 @@ async def record_observations(
         async with open_recording(db) as store:
             recorded = await _record(store, assets, observations, owners, clock())
             await store.commit()
+            _announce_commit(db, recorded)
             return recorded
 
     return await retry_transient(attempt)
+
+
+#: per database, what to call when recording in this process has committed events
+_commit_listeners: WeakKeyDictionary[Database, set[Callable[[], None]]] = WeakKeyDictionary()
+
+
+def on_events_committed(db: Database, listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` whenever recording in this process commits events to ``db``.
+
+    A prompt wake-up for readers of the event log (the WebSocket hub), never their only one:
+    other writers and other processes do not call it. Returns the function that stops it.
+    """
+    listeners = _commit_listeners.setdefault(db, set())
+    listeners.add(listener)
+    return lambda: listeners.discard(listener)
+
+
+def _announce_commit(db: Database, recorded: Sequence[Recorded]) -> None:
+    if any(r.changed for r in recorded):
+        for listener in tuple(_commit_listeners.get(db, ())):
+            listener()
 
 
 @dataclass

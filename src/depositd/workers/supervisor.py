@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 
 from depositd.config import Config
 from depositd.db.engine import Database
+from depositd.delivery.poster import HttpPoster
 from depositd.domain.assets import AssetBook
+from depositd.services.observations import on_events_committed
+from depositd.workers import ROLES
 from depositd.workers.backoff import Backoff
 from depositd.workers.orders import expire_orders_forever
+from depositd.workers.sender import Sender
 from depositd.workers.watcher import ChainWatcher
 
 log = structlog.get_logger("depositd.workers")
@@ -56,24 +60,47 @@ class Supervisor:
 
 class Workers:
     """Every background loop the configuration asks for: a watcher per chain with a node
-    URL, and the deposit order expiry sweeper."""
+    URL, the webhook sender, and the deposit order expiry sweeper."""
 
-    def __init__(self, config: Config, db: Database, assets: AssetBook) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        assets: AssetBook,
+        *,
+        roles: Collection[str] | None = None,
+    ) -> None:
+        self.roles = frozenset(ROLES if roles is None else roles)
         self.watchers = {
             name: ChainWatcher(db, assets, name, chain)
             for name, chain in config.chains.items()
-            if chain.rpc_url is not None
+            if chain.rpc_url is not None and "watchers" in self.roles
         }
         self._db = db
         self._assets = assets
+        self._config = config
         self._supervisor = Supervisor()
 
     def start(self) -> None:
         for name, watcher in self.watchers.items():
             self._supervisor.start(f"watcher:{name}", watcher.run)
-        self._supervisor.start(
-            "order-expiry", lambda: expire_orders_forever(self._db, self._assets)
-        )
+        if "sender" in self.roles:
+            self._supervisor.start("sender", self._send)
+        if "order-expiry" in self.roles:
+            self._supervisor.start(
+                "order-expiry", lambda: expire_orders_forever(self._db, self._assets)
+            )
+
+    async def _send(self) -> None:
+        # made here, in the running loop its HTTP session belongs to; a fresh one per restart
+        policy = self._config.delivery
+        sender = Sender(self._db, policy, HttpPoster.for_policy(policy))
+        # recording in this process wakes it at once; other writers are met by its polling
+        stop_waking = on_events_committed(self._db, sender.wake)
+        try:
+            await sender.run()
+        finally:
+            stop_waking()
 
     async def stop(self) -> None:
         await self._supervisor.stop()
