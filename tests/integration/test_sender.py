@@ -314,3 +314,32 @@ async def test_an_address_outside_the_policy_is_refused_at_connect_time(
     (delivery,) = await rows(db, select(deliveries))
     assert delivery.status == "pending"
     assert "loopback" in delivery.last_error
+
+
+async def test_after_the_last_attempt_the_delivery_is_dead_and_the_circuit_opened(
+    db: Database, config: Config, assets: AssetBook, serve: Any
+) -> None:
+    merchant_id, address = await merchant_with_user(db)
+    receiver = await serve(Receiver(script=[status(500) for _ in range(20)]))
+    endpoint_id, _ = await add_endpoint(db, merchant_id, receiver.url)
+    await record_observation(db, assets, eth_transfer(address, 1, 12))
+    clock = Clock()
+    # kept enabled however long it fails, to reach the last attempt
+    worker = sender(db, config, clock, disable_after_hours=720, circuit_failures=5)
+    try:
+        for attempt in range(1, 11):
+            assert await worker.drain() == 1
+            (delivery,) = await rows(db, select(deliveries))
+            (health,) = await rows(db, select(endpoints).where(endpoints.c.id == endpoint_id))
+            assert health.failure_streak == attempt
+            # five failures in a row open the endpoint's circuit for a while
+            assert (health.circuit_open_until is not None) == (attempt >= 5)
+            if attempt < 10:
+                assert delivery.status == "pending"
+                clock.now = max(delivery.next_attempt_at, health.circuit_open_until or clock.now)
+        assert await worker.drain() == 0
+    finally:
+        await worker.close()
+    assert (delivery.status, delivery.attempts) == ("dead", 10)
+    assert delivery.finished_at is not None
+    assert len(receiver.received) == 10
