@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
 from depositd.config import DeliveryConfig
 from depositd.delivery import ssrf
-from depositd.workers.sender import Answer
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    #: the start of the body, bounded
+    excerpt: str
+
+
+class Poster(Protocol):
+    """Posts one signed body; raises on no usable answer (refused, timeout, unsafe, ...)."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer: ...
+
+    async def close(self) -> None: ...
 
 
 class HttpPoster:

@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import structlog
@@ -33,6 +33,7 @@ from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.db.outbox import DEAD, DELIVERED, PENDING, AttemptRow, DeliveryUpdate
 from depositd.db.uow import UnitOfWork
+from depositd.delivery.poster import Poster
 from depositd.delivery.retries import (
     Verdict,
     next_attempt_at,
@@ -50,22 +51,6 @@ log = structlog.get_logger("depositd.sender")
 
 #: how long a wake-up waits for more answers before writing them down together
 _COALESCE_SECONDS = 0.005
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: Mapping[str, str]
-    #: the start of the body, bounded
-    excerpt: str
-
-
-class Poster(Protocol):
-    """Posts one signed body; raises on no usable answer (refused, timeout, unsafe, ...)."""
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
