@@ -71,6 +71,11 @@ class ChainConfig(_Section):
     rpc_batch_size: int = Field(50, ge=1, le=1000)
     rpc_concurrency: int = Field(4, ge=1, le=64)
     rpc_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: how native coin sent to our addresses is found: "receipts" reads each block's receipts
+    #: (eth_getBlockReceipts) and then only the transactions to our addresses; "blocks" reads
+    #: every transaction of every block (for nodes without eth_getBlockReceipts: a watcher
+    #: that is told the method does not exist switches by itself)
+    native_reads: Literal["receipts", "blocks"] = "receipts"
 
 
 class DeliveryConfig(_Section):

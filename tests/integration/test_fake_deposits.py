@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from eth_abi import encode
 
 from depositd.db.engine import Database
@@ -37,13 +38,15 @@ async def target(db: Database) -> Target:
 
 
 async def watch_once(
-    db: Database, chain: LiveChain, to: Target, *extra: Asset
+    db: Database, chain: LiveChain, to: Target, *extra: Asset, **changes: Any
 ) -> list[DepositState]:
-    """Send the honest deposit, run one watcher round, return the merchant's deposits."""
+    """Send the honest deposit, run one watcher round, return the merchant's deposits.
+
+    ``changes``: to the watcher's chain config."""
     await chain.token.transact(
         "transfer(address,uint256)", ["address", "uint256"], [to.address, 3 * USDT]
     )
-    watcher = chain.watcher(db, assets_for(chain.token, confirmations=0, extra=extra))
+    watcher = chain.watcher(db, assets_for(chain.token, confirmations=0, extra=extra), **changes)
     await watcher.step()
     page = await queries.list_deposits(db, DepositFilter(merchant_id=to.merchant_id), None, 50)
     return page.items
@@ -62,8 +65,13 @@ async def send_failing(chain: LiveChain, tx: dict[str, Any]) -> dict[str, Any]:
     return receipt
 
 
+#: both ways of finding native coin: block receipts, or blocks with their transactions
+native_reads = pytest.mark.parametrize("native_reads", ["receipts", "blocks"])
+
+
+@native_reads
 async def test_a_failed_native_transfer_is_rejected_not_credited(
-    db: Database, anvil_url: str
+    db: Database, anvil_url: str, native_reads: str
 ) -> None:
     async with live_chain(anvil_url) as chain:
         to = await target(db)
@@ -71,7 +79,7 @@ async def test_a_failed_native_transfer_is_rejected_not_credited(
         # code at our address that refuses payment: the transfer is mined with status 0
         await chain.rpc.call("anvil_setCode", address, runtime_code("refuser"))
         await send_failing(chain, {"from": DEPLOYER, "to": address, "value": hex(ETH)})
-        found = await watch_once(db, chain, to)
+        found = await watch_once(db, chain, to, native_reads=native_reads)
         failed = [d for d in found if d.asset == "ETH"]
         assert [(d.status.value, d.reason.code) for d in failed] == [
             ("rejected", "transaction_failed")
@@ -144,7 +152,10 @@ async def test_a_transfer_log_not_emitted_by_the_token_is_ignored(
         only_the_honest_one(await watch_once(db, chain, to))
 
 
-async def test_zero_value_transfers_are_not_deposits(db: Database, anvil_url: str) -> None:
+@native_reads
+async def test_zero_value_transfers_are_not_deposits(
+    db: Database, anvil_url: str, native_reads: str
+) -> None:
     async with live_chain(anvil_url) as chain:
         to = await target(db)
         address = to.address
@@ -152,7 +163,7 @@ async def test_zero_value_transfers_are_not_deposits(db: Database, anvil_url: st
             "transfer(address,uint256)", ["address", "uint256"], [address, 0]
         )
         await send_eth(chain.rpc, address, 0)
-        only_the_honest_one(await watch_once(db, chain, to))
+        only_the_honest_one(await watch_once(db, chain, to, native_reads=native_reads))
 
 
 async def test_amounts_below_the_minimum_are_rejected_with_a_hint(

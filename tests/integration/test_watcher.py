@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from depositd.chain.evm import ChainMoved, ChainReader
 from depositd.db.engine import Database
 from depositd.db.repositories import DepositFilter
@@ -15,12 +17,14 @@ from .chain import CHAIN, ETH, USDT, assets_for, balance, live_chain, statuses, 
 from .evm import DEPLOYER, send_eth
 
 
+@pytest.mark.parametrize("native_reads", ["receipts", "blocks"])
 async def test_eth_and_token_deposits_go_pending_confirming_credited(
-    db: Database, anvil_url: str
+    db: Database, anvil_url: str, native_reads: str
 ) -> None:
     async with live_chain(anvil_url) as chain:
         merchant_id, address = await user_with_address(db)
-        watcher = chain.watcher(db, assets_for(chain.token, confirmations=3))
+        assets = assets_for(chain.token, confirmations=3)
+        watcher = chain.watcher(db, assets, native_reads=native_reads)
         async with chain.manual_mining():
             eth_tx = await chain.rpc.call(
                 "eth_sendTransaction", {"from": DEPLOYER, "to": address, "value": hex(2 * ETH)}

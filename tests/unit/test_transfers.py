@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from depositd.chain.evm import (
@@ -11,11 +13,13 @@ from depositd.chain.evm import (
     Block,
     ChainMoved,
     ChainRange,
+    ChainReader,
     NativeTx,
     Receipt,
     parse_block,
     parse_transfer_log,
 )
+from depositd.chain.rpc import RpcCallFailed
 from depositd.chain.transfers import find_transfers
 from depositd.domain.assets import Asset
 from depositd.domain.deposits import RejectReason
@@ -132,3 +136,85 @@ def test_only_allow_listed_contracts_to_our_addresses_with_value_count() -> None
 def test_without_a_native_asset_native_value_is_not_read() -> None:
     found = find_transfers("evm", chain_range(NativeTx("0x1", OURS, 7)), {OURS}, {}, None, {})
     assert found == []
+
+
+def read_with_receipts(*receipts: Receipt) -> ChainRange:
+    return ChainRange((Block(10, "0xb10c", "0xp", receipts=receipts),), ())
+
+
+def test_read_with_receipts_the_transactions_to_our_addresses_give_the_value() -> None:
+    found = find_transfers(
+        "evm",
+        read_with_receipts(
+            Receipt("0x1", "0xb10c", 10, succeeded=True, to=OURS),
+            Receipt("0x2", "0xb10c", 10, succeeded=False, to=OURS),
+            Receipt("0x3", "0xb10c", 10, succeeded=True, to=OURS),
+            Receipt("0x4", "0xb10c", 10, succeeded=True, to=OTHER),
+        ),
+        {OURS},
+        {},
+        ETH,
+        {},
+        {
+            "0x1": NativeTx("0x1", OURS, 7, "0xb10c"),
+            "0x2": NativeTx("0x2", OURS, 9, "0xb10c"),
+            # zero value: address poisoning, not a deposit
+            "0x3": NativeTx("0x3", OURS, 0, "0xb10c"),
+        },
+    )
+    assert [(t.ref.tx_hash, t.amount, t.rejection) for t in found] == [
+        ("0x1", 7, None),
+        ("0x2", 9, RejectReason.TRANSACTION_FAILED),
+    ]
+
+
+@pytest.mark.parametrize("transactions", [{}, {"0x1": NativeTx("0x1", OURS, 7, "0xother")}])
+def test_a_transaction_missing_or_from_another_block_means_the_chain_moved(
+    transactions: dict[str, NativeTx],
+) -> None:
+    with pytest.raises(ChainMoved):
+        find_transfers(
+            "evm",
+            read_with_receipts(Receipt("0x1", "0xb10c", 10, succeeded=True, to=OURS)),
+            {OURS},
+            {},
+            ETH,
+            {},
+            transactions,
+        )
+
+
+class NoBlockReceipts:
+    """A node without eth_getBlockReceipts: answers blocks with their transactions."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], result: Any) -> list[Any]:
+        self.methods += [method for method, _ in calls]
+        if any(method == "eth_getBlockReceipts" for method, _ in calls):
+            raise RpcCallFailed("eth_getBlockReceipts", -32601, "the method does not exist")
+        return [
+            msgspec.convert(
+                {
+                    "number": params[0],
+                    "hash": f"0xh{params[0]}",
+                    "parentHash": f"0xh{hex(int(params[0], 16) - 1)}",
+                    "transactions": [{"hash": "0x1", "to": OURS, "value": "0x7"}],
+                },
+                result,
+            )
+            for _, params in calls
+        ]
+
+
+async def test_a_node_without_block_receipts_is_read_block_by_block_with_transactions() -> None:
+    node = NoBlockReceipts()
+    reader = ChainReader(node, native_reads="receipts")  # type: ignore[arg-type]
+    found = await reader.read_range(5, 6, contracts=(), native=True, parent_hash="0xh0x4")
+    assert reader.native_reads == "blocks"
+    assert [b.transactions for b in found.blocks] == [(NativeTx("0x1", OURS, 7),)] * 2
+    # from then on it asks for the blocks alone
+    node.methods.clear()
+    await reader.read_range(7, 7, contracts=(), native=True, parent_hash="0xh0x6")
+    assert node.methods == ["eth_getBlockByNumber"]

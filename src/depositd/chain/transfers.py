@@ -41,18 +41,39 @@ class Transfer:
     rejection: RejectReason | None = None
 
 
+@dataclass(frozen=True)
+class NativeCandidate:
+    """A top-level transaction that may have sent native coin to a watched address, with
+    what its block was read with: its transaction or its receipt; the other one is needed."""
+
+    block: Block
+    tx_hash: str
+    tx: NativeTx | None = None
+    receipt: Receipt | None = None
+
+
 def native_candidates(
     blocks: Sequence[Block], watched: Collection[str], native: Asset | None
-) -> list[tuple[Block, NativeTx]]:
-    """Top-level transactions sending native coin to a watched address (receipts needed)."""
+) -> list[NativeCandidate]:
+    """Top-level transactions to a watched address: those with value from blocks read with
+    their transactions, every one from blocks read with their receipts (value unknown)."""
     if native is None:
         return []
-    return [
-        (block, tx)
-        for block in blocks
-        for tx in block.transactions or ()
-        if tx.value > 0 and tx.to is not None and tx.to in watched
-    ]
+    found = []
+    for block in blocks:
+        if block.receipts is not None:
+            found += [
+                NativeCandidate(block, r.tx_hash, receipt=r)
+                for r in block.receipts
+                if r.to is not None and r.to in watched
+            ]
+        else:
+            found += [
+                NativeCandidate(block, tx.hash, tx=tx)
+                for tx in block.transactions or ()
+                if tx.value > 0 and tx.to is not None and tx.to in watched
+            ]
+    return found
 
 
 def find_transfers(
@@ -62,20 +83,26 @@ def find_transfers(
     tokens: Mapping[str, Asset],
     native: Asset | None,
     receipts: Mapping[str, Receipt],
+    transactions: Mapping[str, NativeTx] | None = None,
 ) -> list[Transfer]:
     """Deposits to ``watched`` in the range, in chain order.
 
     ``tokens`` maps allow-listed contract addresses (lower-case) to their asset. ``receipts``
-    holds the receipt of every native candidate; one from another block means the chain moved
-    under us (``ChainMoved``).
+    and ``transactions`` hold what the range's blocks lack of each native candidate (read by
+    hash); one from another block means the chain moved under us (``ChainMoved``).
     """
     found: list[tuple[int, int, Transfer]] = []
-    for block, tx in native_candidates(chain_range.blocks, watched, native):
+    for candidate in native_candidates(chain_range.blocks, watched, native):
         assert native is not None
-        assert tx.to is not None
-        receipt = receipts.get(tx.hash)
+        block = candidate.block
+        receipt = candidate.receipt or receipts.get(candidate.tx_hash)
         if receipt is None or receipt.block_hash != block.hash:
-            raise ChainMoved(f"the receipt of {tx.hash} is not in block {block.number}")
+            raise ChainMoved(f"the receipt of {candidate.tx_hash} is not in block {block.number}")
+        tx = candidate.tx or (transactions or {}).get(candidate.tx_hash)
+        if tx is None or tx.block_hash not in (None, block.hash):
+            raise ChainMoved(f"transaction {candidate.tx_hash} is not in block {block.number}")
+        if tx.value == 0 or tx.to is None or tx.to not in watched:
+            continue  # zero-value spam (address poisoning) is not a deposit
         transfer = Transfer(
             ref=ChainRef(chain, tx.hash),
             address=tx.to,

@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from depositd.chain.evm import Block, ChainMoved, ChainRange, ChainReader, Receipt
+from depositd.chain.evm import Block, ChainMoved, ChainRange, ChainReader, NativeTx, Receipt
 from depositd.chain.rpc import EvmRpc, RpcError
 from depositd.chain.transfers import Transfer, find_transfers, native_candidates
 from depositd.clock import utcnow
@@ -121,11 +121,13 @@ class _Waiting:
 
 @dataclass
 class _Read:
-    """A range as read: its blocks and logs, the receipts of the native transfers to our
-    addresses in it, and the head the node reported alongside (if asked)."""
+    """A range as read: its blocks and logs, what the blocks lack of the native transfers to
+    our addresses in it (receipts or transactions, read by hash), and the head the node
+    reported alongside (if asked)."""
 
     range: ChainRange
-    receipts: dict[str, Receipt]
+    receipts: dict[str, Receipt] = field(default_factory=dict)
+    transactions: dict[str, NativeTx] = field(default_factory=dict)
     head: int | None = None
 
 
@@ -176,7 +178,10 @@ class ChainWatcher:
         self._assets = assets
         self._rpc = rpc or EvmRpc(str(config.rpc_url), timeout_seconds=config.rpc_timeout_seconds)
         self._reader = ChainReader(
-            self._rpc, batch_size=config.rpc_batch_size, concurrency=config.rpc_concurrency
+            self._rpc,
+            batch_size=config.rpc_batch_size,
+            concurrency=config.rpc_concurrency,
+            native_reads=config.native_reads,
         )
         self._backoff = backoff
         self._clock = clock
@@ -395,29 +400,37 @@ class ChainWatcher:
     async def _read_range(
         self, first: int, last: int, parent_hash: str | None, *, with_head: bool = False
     ) -> _Read:
-        # transactions only when native coin is watched: full blocks are the slow read
         reading = self._reader.read_range(
             first,
             last,
             contracts=self._tokens.keys(),
-            transactions=self._native is not None,
+            native=self._native is not None,
             parent_hash=parent_hash,
         )
         if with_head:
             chain_range, head = await asyncio.gather(reading, self._rpc.block_number())
         else:
             chain_range, head = await reading, None
-        read = _Read(chain_range, {}, head)
-        await self._fetch_receipts(read)
+        read = _Read(chain_range, head=head)
+        await self._complete_candidates(read)
         return read
 
-    async def _fetch_receipts(self, read: _Read) -> None:
-        """Receipts of the native transfers to our addresses that ``read`` lacks."""
+    async def _complete_candidates(self, read: _Read) -> None:
+        """Read by hash what ``read``'s blocks lack of the native transfers to our addresses:
+        receipts of the transactions in full blocks, transactions of the receipts."""
         candidates = native_candidates(read.range.blocks, self._watched.addresses, self._native)
-        missing = [tx.hash for _, tx in candidates if tx.hash not in read.receipts]
-        if missing:
-            receipts = await self._reader.receipts(missing)
-            read.receipts.update((r.tx_hash, r) for r in receipts if r is not None)
+        receipts = [
+            c.tx_hash for c in candidates if c.receipt is None and c.tx_hash not in read.receipts
+        ]
+        transactions = [
+            c.tx_hash for c in candidates if c.tx is None and c.tx_hash not in read.transactions
+        ]
+        if receipts:
+            found_receipts = await self._reader.receipts(receipts)
+            read.receipts.update((r.tx_hash, r) for r in found_receipts if r is not None)
+        if transactions:
+            found_txs = await self._reader.transactions(transactions)
+            read.transactions.update((tx.hash, tx) for tx in found_txs if tx is not None)
 
     async def _load(self) -> None:
         rows = await watching.window(self._db, self.chain)
@@ -461,8 +474,8 @@ class ChainWatcher:
         return fork
 
     async def _transfers(self, read: _Read) -> list[Transfer]:
-        # addresses made since the range was read may want more receipts
-        await self._fetch_receipts(read)
+        # addresses made since the range was read may want more receipts or transactions
+        await self._complete_candidates(read)
         return find_transfers(
             self.chain,
             read.range,
@@ -470,6 +483,7 @@ class ChainWatcher:
             self._tokens,
             self._native,
             read.receipts,
+            read.transactions,
         )
 
     async def _record(self, found: _Round, verified: int) -> None:
