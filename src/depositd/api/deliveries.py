@@ -17,8 +17,6 @@ from depositd.services.deliveries import (
     MAX_REPLAY_EVENTS,
     MAX_REPLAY_RATE,
     MIN_REPLAY_RATE,
-    Attempt,
-    Delivery,
     DeliveryStatus,
 )
 
@@ -31,6 +29,8 @@ EndpointId = Annotated[str, Path(max_length=40, description="the endpoint's id (
 
 
 class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     endpoint_id: str
     #: the event delivered; its id is the ``webhook-id`` of every send
@@ -49,27 +49,11 @@ class DeliveryOut(BaseModel):
     finished_at: datetime | None
     created_at: datetime
 
-    @classmethod
-    def of(cls, delivery: Delivery) -> DeliveryOut:
-        return cls(
-            id=delivery.id,
-            endpoint_id=delivery.endpoint_id,
-            event_id=delivery.event_id,
-            event_seq=delivery.event_seq,
-            event_type=delivery.event_type,
-            status=delivery.status,
-            attempts=delivery.attempts,
-            next_attempt_at=delivery.next_attempt_at,
-            last_attempt_at=delivery.last_attempt_at,
-            last_status_code=delivery.last_status_code,
-            last_error=delivery.last_error,
-            finished_at=delivery.finished_at,
-            created_at=delivery.created_at,
-        )
-
 
 class AttemptOut(BaseModel):
     """One request: an attempt tries the primary URL, then each fallback URL in turn."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     attempt: int
     url: str
@@ -82,19 +66,6 @@ class AttemptOut(BaseModel):
     error_class: str | None
     error: str | None
     created_at: datetime
-
-    @classmethod
-    def of(cls, attempt: Attempt) -> AttemptOut:
-        return cls(
-            attempt=attempt.attempt,
-            url=attempt.url,
-            status_code=attempt.status_code,
-            latency_ms=attempt.latency_ms,
-            response_excerpt=attempt.response_excerpt,
-            error_class=attempt.error_class,
-            error=attempt.error,
-            created_at=attempt.created_at,
-        )
 
 
 class DeliveryDetail(DeliveryOut):
@@ -131,6 +102,8 @@ class ReplayIn(BaseModel):
 class ReplayOut(BaseModel):
     """What the replay queued; the sender sends it from now until ``finishes_by``."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     queued: int
     first_seq: int | None
     last_seq: int | None
@@ -153,7 +126,8 @@ async def list_deliveries(
         ctx.db, merchant_id, status=status_, endpoint_id=endpoint_id, cursor=cursor, limit=limit
     )
     return DeliveryPage(
-        data=[DeliveryOut.of(delivery) for delivery in page.items], next_cursor=page.next_cursor
+        data=[DeliveryOut.model_validate(delivery) for delivery in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
@@ -167,8 +141,8 @@ async def get_delivery(
 ) -> DeliveryDetail:
     found = await deliveries.get_delivery(ctx.db, merchant_id, delivery_id)
     return DeliveryDetail(
-        **DeliveryOut.of(found.delivery).model_dump(),
-        attempt_log=[AttemptOut.of(attempt) for attempt in found.attempt_log],
+        **DeliveryOut.model_validate(found.delivery).model_dump(),
+        attempt_log=[AttemptOut.model_validate(attempt) for attempt in found.attempt_log],
     )
 
 
@@ -182,7 +156,8 @@ async def get_delivery(
 async def retry_delivery(
     delivery_id: DeliveryId, merchant_id: MerchantId, ctx: Context
 ) -> DeliveryOut:
-    return DeliveryOut.of(await deliveries.retry_delivery(ctx.db, merchant_id, delivery_id))
+    retried = await deliveries.retry_delivery(ctx.db, merchant_id, delivery_id)
+    return DeliveryOut.model_validate(retried)
 
 
 @router.post(
@@ -205,9 +180,4 @@ async def replay_endpoint(
         created_to=body.to,
         rate_per_second=body.rate_per_second,
     )
-    return ReplayOut(
-        queued=replayed.queued,
-        first_seq=replayed.first_seq,
-        last_seq=replayed.last_seq,
-        finishes_by=replayed.finishes_by,
-    )
+    return ReplayOut.model_validate(replayed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -528,6 +528,49 @@ class EventRepository:
             .limit(limit)
         )
         return result.all()
+
+    async def between(
+        self, merchant_ids: Collection[str], after: int, through: int
+    ) -> Sequence[Row[Any]]:
+        """These merchants' events with seqs in ``(after, through]``, in seq order."""
+        result = await self._conn.execute(
+            select(events)
+            .where(
+                events.c.seq > after,
+                events.c.seq <= through,
+                events.c.merchant_id.in_(sorted(merchant_ids)),
+            )
+            .order_by(events.c.seq)
+        )
+        return result.all()
+
+    async def committed_through(self, after: int, step: int | None) -> tuple[int, bool]:
+        """The highest seq, at most ``step`` past ``after``, with every seq up to it committed;
+        and False if it stopped short of one taken but not committed.
+
+        ``after`` must itself be such a seq. The counter is gap-free and advances in the
+        transaction that inserts its events, so when every seq of the span past ``after`` has
+        its event, all of them are committed (``delivery.hub`` builds its horizon on this).
+        """
+        result = await self._conn.execute(
+            select(event_counter.c.last_seq).where(event_counter.c.id == 1)
+        )
+        last = int(result.scalar_one_or_none() or 0)
+        upper = last if step is None else min(last, after + step)
+        if upper <= after:
+            return after, True
+        span = (events.c.seq > after, events.c.seq <= upper)
+        result = await self._conn.execute(select(func.count()).select_from(events).where(*span))
+        if result.scalar_one() == upper - after:
+            return upper, True
+        # a seq in the span is taken but not committed yet: stop just below the first hole
+        result = await self._conn.execute(select(events.c.seq).where(*span).order_by(events.c.seq))
+        reached = after
+        for seq in result.scalars():
+            if seq != reached + 1:
+                break
+            reached = seq
+        return reached, False
 
     async def for_deposit(self, deposit_id: str) -> Sequence[Row[Any]]:
         result = await self._conn.execute(

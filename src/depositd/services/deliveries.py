@@ -25,8 +25,6 @@ claims by due time, so live deliveries (due at once) keep going out between them
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,7 +38,7 @@ from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
 from depositd.errors import InputError, NotFound
 from depositd.services.endpoints import EndpointDisabled
-from depositd.services.queries import InvalidCursor, Page
+from depositd.services.queries import InvalidCursor, Page, decode_cursor, encode_cursor
 
 #: most deliveries one page lists (the API's ``limit`` bound)
 MAX_PAGE = 500
@@ -142,7 +140,7 @@ async def list_deliveries(
         )
     found = [_delivery(row) for row in rows[:limit]]
     more = len(rows) > limit
-    return Page(found, _encode_cursor(found[-1].id) if more else None)
+    return Page(found, encode_cursor("dlv", found[-1].id) if more else None)
 
 
 async def get_delivery(db: Database, merchant_id: str | None, delivery_id: int) -> DeliveryDetail:
@@ -306,19 +304,15 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-def _encode_cursor(delivery_id: int) -> str:
-    return base64.urlsafe_b64encode(f"dlv:{delivery_id}".encode()).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
+    """The delivery id a listing's cursor continues after."""
+    value = decode_cursor("dlv", cursor)
+    if value is None:
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
         before = int(value)
-        if kind != "dlv" or not 0 < before < 2**63:
-            raise ValueError(raw)
-        return before
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except ValueError:
         raise InvalidCursor("cursor is not one this API handed out") from None
+    if not 0 < before < 2**63:
+        raise InvalidCursor("cursor is not one this API handed out")
+    return before

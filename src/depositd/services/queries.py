@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -33,11 +33,14 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
-def _encode_cursor(kind: str, value: str | int) -> str:
+def encode_cursor(kind: str, value: str | int) -> str:
+    """An opaque page cursor: ``kind:value`` in unpadded URL-safe base64."""
     return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(kind: str, cursor: str | None) -> str | None:
+def decode_cursor(kind: str, cursor: str | None) -> str | None:
+    """The value ``encode_cursor(kind, value)`` made (None for None); ``InvalidCursor`` for
+    anything else, a cursor of another kind too."""
     if cursor is None:
         return None
     try:
@@ -53,12 +56,12 @@ def _decode_cursor(kind: str, cursor: str | None) -> str | None:
 async def list_deposits(
     db: Database, where: DepositFilter, cursor: str | None, limit: int
 ) -> Page[DepositState]:
-    before = _decode_cursor("dep", cursor)
+    before = decode_cursor("dep", cursor)
     async with UnitOfWork(db, write=False) as uow:
         rows = await uow.deposits.page(where, before, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, _encode_cursor("dep", rows[-1].id) if more else None)
+    return Page(rows, encode_cursor("dep", rows[-1].id) if more else None)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ async def transaction_records(
     cursor: str | None,
     limit: int,
 ) -> Page[LedgerRecord]:
-    before_text = _decode_cursor("txn", cursor)
+    before_text = decode_cursor("txn", cursor)
     try:
         before = None if before_text is None else int(before_text)
     except ValueError:
@@ -128,7 +131,7 @@ async def transaction_records(
         rows = await uow.accounts.records(merchant_id, external_id, asset, before, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, _encode_cursor("txn", rows[-1].id) if more else None)
+    return Page(rows, encode_cursor("txn", rows[-1].id) if more else None)
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,33 @@ class Event:
         }
 
 
+def _event(row: Any) -> Event:
+    return Event(row.seq, row.id, row.type, row.created_at, row.data)
+
+
 async def events_after(db: Database, merchant_id: str, after: int, limit: int) -> list[Event]:
     async with UnitOfWork(db, write=False) as uow:
         rows = await uow.events.after(merchant_id, after, limit)
-    return [Event(row.seq, row.id, row.type, row.created_at, row.data) for row in rows]
+    return [_event(row) for row in rows]
+
+
+async def events_between(
+    db: Database, merchant_ids: Collection[str], after: int, through: int
+) -> list[tuple[str, Event]]:
+    """(merchant, event) for these merchants' events with seqs in ``(after, through]``."""
+    if not merchant_ids:
+        return []
+    async with UnitOfWork(db, write=False) as uow:
+        rows = await uow.events.between(merchant_ids, after, through)
+    return [(row.merchant_id, _event(row)) for row in rows]
+
+
+async def committed_through(db: Database, after: int, step: int | None) -> tuple[int, bool]:
+    """The highest seq, at most ``step`` past ``after``, with every seq up to it committed;
+    and False if it stopped short of one taken but not committed (see
+    ``EventRepository.committed_through``)."""
+    async with UnitOfWork(db, write=False) as uow:
+        return await uow.events.committed_through(after, step)
 
 
 @dataclass(frozen=True)
