@@ -18,12 +18,15 @@ from sqlalchemy import select
 from depositd.clock import utcnow
 from depositd.config import Config
 from depositd.db.engine import Database
+from depositd.db.notify import wake_on_events
 from depositd.db.tables import deliveries, delivery_attempts, endpoints, events
 from depositd.db.uow import UnitOfWork
 from depositd.delivery.poster import HttpPoster
 from depositd.delivery.signing import new_secret
 from depositd.domain.assets import AssetBook
 from depositd.ids import new_id
+from depositd.services import queries
+from depositd.services.endpoints import get_endpoint
 from depositd.services.observations import record_observation
 from depositd.workers.sender import Sender
 
@@ -145,7 +148,9 @@ async def test_a_receiver_failing_three_times_gets_the_event_once_with_one_id(
             assert await worker.drain() == 1
             assert await worker.drain() == 0  # nothing due before the retry wait ends
             (delivery,) = await rows(db, select(deliveries))
-            clock.now = max(clock.now, delivery.next_attempt_at)
+            # full jitter may make the wait shorter than a second: step past it by one, so
+            # each attempt's (whole-second) timestamp differs
+            clock.now = max(clock.now, delivery.next_attempt_at) + timedelta(seconds=1)
     finally:
         await worker.close()
     assert len(receiver.received) == 4
@@ -306,7 +311,8 @@ async def test_an_address_outside_the_policy_is_refused_at_connect_time(
     receiver = await serve(Receiver())
     await add_endpoint(db, merchant_id, receiver.url)
     await record_observation(db, assets, eth_transfer(address, 1, 12))
-    await send_due(db, config, allow_networks=[])
+    # a still clock: a short (jittered) retry wait cannot fall due again within the drain
+    await send_due(db, config, Clock(), allow_networks=[])
     assert receiver.received == []
     (tried,) = await rows(db, select(delivery_attempts))
     assert tried.error_class == "ssrf_blocked"
@@ -343,3 +349,91 @@ async def test_after_the_last_attempt_the_delivery_is_dead_and_the_circuit_opene
     assert (delivery.status, delivery.attempts) == ("dead", 10)
     assert delivery.finished_at is not None
     assert len(receiver.received) == 10
+
+
+async def test_an_endpoint_failing_without_a_success_for_too_long_is_disabled(
+    db: Database, config: Config, assets: AssetBook, serve: Any
+) -> None:
+    # two merchants: the notice about one endpoint is not queued to the other
+    broken_merchant, broken_address = await merchant_with_user(db, "alice")
+    flaky_merchant, flaky_address = await merchant_with_user(db, "bob")
+    broken = await serve(Receiver(script=[status(500) for _ in range(20)]))
+    # fails, answers once inside the window, then fails on
+    flaky = await serve(Receiver(script=[status(500), status(200)] + [status(500)] * 20))
+    broken_id, _ = await add_endpoint(db, broken_merchant, broken.url)
+    flaky_id, _ = await add_endpoint(db, flaky_merchant, flaky.url)
+    await record_observation(db, assets, eth_transfer(broken_address, 1, 12))
+    await record_observation(db, assets, eth_transfer(flaky_address, 2, 12))
+    window = timedelta(hours=config.delivery.disable_after_hours)
+    clock = Clock()
+    started = clock.now
+    # the circuit stays closed: only disabling may stop the attempts
+    worker = sender(db, config, clock, circuit_failures=1000)
+    try:
+        assert await worker.drain() == 2  # both fail
+        clock.now = started + window * 2 / 3
+        assert await worker.drain() == 2  # broken fails again, flaky succeeds
+        assert (await get_endpoint(db, broken_merchant, broken_id)).disabled_at is None
+        await record_observation(db, assets, eth_transfer(broken_address, 3, 12))
+        await record_observation(db, assets, eth_transfer(flaky_address, 4, 12))
+        disabled_at = clock.now = started + window + timedelta(minutes=1)
+        assert await worker.drain() == 3  # broken's two deliveries and flaky's new one fail
+        # long past every retry wait: only broken's disabling keeps its deliveries back
+        clock.now += timedelta(hours=3)
+        assert await worker.drain() == 1  # flaky's
+    finally:
+        await worker.close()
+
+    reason = f"no successful delivery since {started.isoformat()}"
+    endpoint = await get_endpoint(db, broken_merchant, broken_id)
+    assert (endpoint.disabled_at, endpoint.disabled_reason) == (disabled_at, reason)
+    assert len(broken.received) == 4
+    waiting = await rows(db, select(deliveries).where(deliveries.c.endpoint_id == broken_id))
+    assert [d.status for d in waiting] == ["pending", "pending"]
+    notices = [
+        event
+        for event in await queries.events_after(db, broken_merchant, 0, 100)
+        if event.type == "endpoint.disabled"
+    ]
+    assert [(n.data["endpoint_id"], n.data["reason"]) for n in notices] == [(broken_id, reason)]
+
+    # failing for longer than the window too, but with a success inside it
+    assert len(flaky.received) == 4
+    assert (await get_endpoint(db, flaky_merchant, flaky_id)).disabled_at is None
+    assert [
+        event.type
+        for event in await queries.events_after(db, flaky_merchant, 0, 100)
+        if event.type == "endpoint.disabled"
+    ] == []
+
+
+async def test_events_another_process_commits_wake_the_sender(
+    db: Database, config: Config, assets: AssetBook, serve: Any
+) -> None:
+    # PostgreSQL: only the NOTIFY of the other pool's commit can wake a sender that polls
+    # every 30 s; SQLite has no such channel between processes, so there it polls
+    merchant_id, address = await merchant_with_user(db)
+    receiver = await serve(Receiver())
+    await add_endpoint(db, merchant_id, receiver.url)
+    policy = config.delivery
+    worker = Sender(
+        db,
+        policy,
+        HttpPoster.for_policy(policy),
+        poll_interval_seconds=30 if not db.is_sqlite else 0.2,
+    )
+    running = asyncio.create_task(worker.run())
+    listening = asyncio.create_task(wake_on_events(db, worker.wake))
+    other = Database(db.url)
+    try:
+        await asyncio.sleep(0.5)  # both listening and idle
+        recorded = await record_observation(other, assets, eth_transfer(address, 1, 12))
+        await receiver.wait_for(1, within=5)
+        ((_, body),) = receiver.received
+        assert json.loads(body)["data"]["seq"] == recorded.seq
+    finally:
+        listening.cancel()
+        running.cancel()
+        await asyncio.gather(listening, running, return_exceptions=True)
+        await worker.close()
+        await other.dispose()

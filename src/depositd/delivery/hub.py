@@ -46,19 +46,15 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
-from sqlalchemy import func, select
 
 from depositd.db.engine import Database
-from depositd.db.tables import event_counter, events
+from depositd.db.notify import EventNotifications
 from depositd.services.observations import on_events_committed
-from depositd.services.queries import Event, events_after
+from depositd.services.queries import Event, committed_through, events_after, events_between
 
 log = structlog.get_logger("depositd.delivery")
 
-#: the PostgreSQL channel the ``events`` trigger notifies on commit (migration 0008)
-EVENTS_CHANNEL = "depositd_events"
 #: how long the horizon may wait for one missing seq before the hub says so
 HOLE_PATIENCE_SECONDS = 60.0
 
@@ -188,7 +184,7 @@ class EventHub:
         self._moving = asyncio.Lock()
         self._wake = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._notifications = EventNotifications(db, self._wake.set)
         self._stop_commit_listener: Callable[[], None] | None = None
         #: the first seq the horizon waits for, and since when (loop time)
         self._hole: tuple[int, float] | None = None
@@ -205,7 +201,7 @@ class EventHub:
             if self.closed:
                 raise StreamClosed("the server is shutting down")
             if self._follower is None:
-                self._horizon, _ = await _committed_through(self.db, 0, None)
+                self._horizon, _ = await committed_through(self.db, 0, None)
                 self._stop_commit_listener = on_events_committed(self.db, self._wake.set)
                 self._follower = asyncio.create_task(self._follow(), name="event-hub")
             start = self._horizon if after is None else after
@@ -232,14 +228,14 @@ class EventHub:
             except TimeoutError:
                 log.warning("event_hub_stop_timeout")
             self._follower = None
-        await self._stop_listening()
+        await self._notifications.close()
         for streams in list(self._subscribers.values()):
             for subscription in list(streams):
                 subscription.close()
 
     async def _follow(self) -> None:
         while not self.closed:
-            await self._keep_listening()
+            await self._notifications.keep_listening()
             try:
                 while await self._advance():
                     pass
@@ -253,11 +249,11 @@ class EventHub:
         """Move the horizon one step and offer the events it passes; True if it moved."""
         async with self._moving:
             old = self._horizon
-            new, whole = await _committed_through(self.db, old, self.settings.max_step)
+            new, whole = await committed_through(self.db, old, self.settings.max_step)
             self._watch_hole(None if whole else new + 1)
             if new == old:
                 return False
-            passed = await _events_between(self.db, old, new, list(self._subscribers))
+            passed = await events_between(self.db, list(self._subscribers), old, new)
             # From here to the new horizon's publication there is no ``await``: a stream
             # that sees the new horizon has been offered everything up to it.
             by_merchant: dict[str, list[Event]] = defaultdict(list)
@@ -277,79 +273,3 @@ class EventHub:
         elif now - self._hole[1] > HOLE_PATIENCE_SECONDS:
             log.warning("event_log_hole", seq=missing, detail="streams wait for it to commit")
             self._hole = (missing, float("inf"))  # said once
-
-    async def _keep_listening(self) -> None:
-        """On PostgreSQL, (re)open the connection that listens for committed events."""
-        if self.db.is_sqlite or (self._listener is not None and not self._listener.is_closed()):
-            return
-        await self._stop_listening()
-        dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            listener = await asyncpg.connect(dsn)
-            await listener.add_listener(EVENTS_CHANNEL, self._notified)
-        except Exception as exc:  # any failure: polling carries on, the next round retries
-            log.warning("event_hub_listen_failed", error=type(exc).__name__)
-            return
-        self._listener = listener
-        self._wake.set()  # anything committed while nobody listened
-
-    def _notified(self, *_notification: object) -> None:
-        self._wake.set()
-
-    async def _stop_listening(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None and not listener.is_closed():
-            with contextlib.suppress(Exception):  # it is going away either way
-                await listener.close(timeout=5)
-
-
-# The event log as the hub reads it. These belong with ``EventRepository`` in ``db``.
-
-
-async def _committed_through(db: Database, after: int, step: int | None) -> tuple[int, bool]:
-    """The highest seq, at most ``step`` past ``after``, with every seq up to it committed;
-    and False if it stopped short of one taken but not committed.
-
-    ``after`` must itself be such a seq.
-    """
-    async with db.reader.connect() as conn:
-        result = await conn.execute(select(event_counter.c.last_seq).where(event_counter.c.id == 1))
-        last = int(result.scalar_one_or_none() or 0)
-        upper = last if step is None else min(last, after + step)
-        if upper <= after:
-            return after, True
-        span = (events.c.seq > after, events.c.seq <= upper)
-        result = await conn.execute(select(func.count()).select_from(events).where(*span))
-        if result.scalar_one() == upper - after:
-            return upper, True
-        # a seq in the span is taken but not committed yet: stop just below the first hole
-        result = await conn.execute(select(events.c.seq).where(*span).order_by(events.c.seq))
-        reached = after
-        for seq in result.scalars():
-            if seq != reached + 1:
-                break
-            reached = seq
-        return reached, False
-
-
-async def _events_between(
-    db: Database, after: int, through: int, merchant_ids: Collection[str]
-) -> list[tuple[str, Event]]:
-    """(merchant, event) for these merchants' events with seqs in ``(after, through]``."""
-    if not merchant_ids:
-        return []
-    async with db.reader.connect() as conn:
-        result = await conn.execute(
-            select(events)
-            .where(
-                events.c.seq > after,
-                events.c.seq <= through,
-                events.c.merchant_id.in_(sorted(merchant_ids)),
-            )
-            .order_by(events.c.seq)
-        )
-        rows = result.all()
-    return [
-        (row.merchant_id, Event(row.seq, row.id, row.type, row.created_at, row.data))
-        for row in rows
-    ]

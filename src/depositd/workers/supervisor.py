@@ -10,6 +10,7 @@ import structlog
 
 from depositd.config import Config
 from depositd.db.engine import Database
+from depositd.db.notify import wake_on_events
 from depositd.delivery.poster import HttpPoster
 from depositd.domain.assets import AssetBook
 from depositd.services.observations import on_events_committed
@@ -95,12 +96,17 @@ class Workers:
         # made here, in the running loop its HTTP session belongs to; a fresh one per restart
         policy = self._config.delivery
         sender = Sender(self._db, policy, HttpPoster.for_policy(policy))
-        # recording in this process wakes it at once; other writers are met by its polling
+        # recording in this process wakes it at once; on PostgreSQL so does a commit of events
+        # in any other process (LISTEN/NOTIFY); its polling finds whatever slips through
         stop_waking = on_events_committed(self._db, sender.wake)
+        listening = asyncio.create_task(wake_on_events(self._db, sender.wake))
         try:
             await sender.run()
         finally:
             stop_waking()
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
 
     async def stop(self) -> None:
         await self._supervisor.stop()
