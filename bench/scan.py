@@ -6,10 +6,13 @@ watched addresses) among --noise unrelated transactions (ETH between unwatched a
 token transfers to unwatched addresses). Both assets need 0 confirmations, so every deposit
 goes from first sight to credited in one round. Then, in one run:
 
-  floor     ChainReader.read_range over the same blocks, --max-blocks-per-round at a time,
-            with the same JSON-RPC batching: the blocks with their transactions and the
-            token's Transfer logs, nothing else. Run before and after the watcher; the faster
-            of the two is the floor.
+  floor     every read the watcher makes, with the same reader and JSON-RPC batching, and
+            nothing else: ChainReader.read_range over the same blocks, --max-blocks-per-round
+            at a time (headers, the token's Transfer logs and, per --native-reads, the blocks'
+            receipts or their transactions), and by hash what those lack of the ETH deposits
+            (their transactions, or their receipts); the next range is read while this one's
+            by-hash reads run, as the watcher reads ahead. Run before and after the watcher;
+            the faster of the two is the floor.
   watcher   a ChainWatcher from the first bench block, ``step()`` until it is at the head,
             every deposit credited (counted in the database, checked against those sent).
   latency   the watcher following the chain (``run()``, newHeads over WebSocket) while
@@ -28,6 +31,7 @@ run only; the machine is shared and noisy.
         [--blocks 2000] [--deposits 20000] [--noise 20000] [--batch-size 50]
         [--max-blocks-per-round 200] [--concurrency 4] [--live-blocks 240]
         [--live-interval 0.25] [--live-poll 0.1] [--address-age 60] [--seed 1]
+        [--native-reads receipts|blocks]
         [--quick] [--profile]
 """
 
@@ -44,32 +48,28 @@ import random
 import re
 import resource
 import socket
-import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import vyper
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 import depositd
-from depositd.chain.evm import ChainReader
+from _common import CpuMeter, free_port, fresh_database, percentile
+from depositd.chain.evm import ChainRange, ChainReader
 from depositd.chain.rpc import EvmRpc
 from depositd.config import ChainConfig
 from depositd.db import tables
 from depositd.db.engine import Database
-from depositd.db.migrate import upgrade
 from depositd.domain.assets import Asset, AssetBook
 from depositd.ids import new_id
 from depositd.runtime import freeze_startup_objects
@@ -83,7 +83,6 @@ TOKEN_SOURCES = (
     Path(depositd.__file__).parent / "contracts" / "token.vy",
     ROOT / "tests" / "contracts" / "token.vy",
 )
-PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 CHAIN = "anvil"
 CHAIN_ID = 31337
@@ -108,18 +107,11 @@ QUICK = {
 # -- anvil -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def anvil_node() -> Iterator[tuple[int, int]]:
     """Our own anvil on a free port, mining only when told (``anvil_mine``); yields the port
     and the process id."""
-    port = _free_port()
+    port = free_port()
     command = [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"]
     # --no-mining packs a block's worth of transactions per anvil_mine; base fee 0 lets
     # transactions carry gasPrice 0, so no fee estimation per send; no historical states on
@@ -304,35 +296,6 @@ async def build_chain(port: int, watched: list[str], args: argparse.Namespace) -
 # -- the database -------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(engine: str) -> AsyncIterator[Database]:
-    """An empty, migrated database on ``engine``, removed afterwards."""
-    if engine == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
-            try:
-                await upgrade(db)
-                yield db
-            finally:
-                await db.dispose()
-        return
-    admin = make_url(PG_URL)
-    name = f"depositd_bench_{uuid.uuid4().hex[:8]}"
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    db = Database(admin.set(database=name))
-    try:
-        await upgrade(db)
-        yield db
-    finally:
-        await db.dispose()
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
-
-
 async def add_watched_addresses(db: Database, watched: list[str], age: timedelta) -> None:
     """One merchant, and one user per address, made ``age`` ago.
 
@@ -412,43 +375,6 @@ def reset_peak_rss() -> bool:
     return True
 
 
-class CpuMeter:
-    """CPU seconds of this process, anvil and PostgreSQL between laps: who kept the cores busy."""
-
-    def __init__(self, anvil_pid: int) -> None:
-        self._anvil_pid = anvil_pid
-        self.laps: dict[str, dict[str, float]] = {}
-        self._last = self._now()
-
-    def lap(self, name: str | None) -> None:
-        """Close the current lap as ``name`` (None: not reported)."""
-        now = self._now()
-        if name is not None:
-            self.laps[name] = {key: now[key] - self._last[key] for key in now}
-        self._last = now
-
-    def _now(self) -> dict[str, float]:
-        # the npm package's anvil is a node launcher running the anvil binary as its child
-        processes = {}  # pid: (parent pid, command, CPU seconds)
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                text = stat.read_text()
-                command = text.split(" (", 1)[1].rsplit(") ", 1)[0]
-                fields = text.rsplit(") ", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-                processes[int(stat.parent.name)] = (int(fields[1]), command, cpu)
-        anvil, frontier = 0.0, {self._anvil_pid}
-        while frontier:
-            anvil += sum(processes[pid][2] for pid in frontier if pid in processes)
-            frontier = {pid for pid, (parent, _, _) in processes.items() if parent in frontier}
-        return {
-            "wall": time.perf_counter(),
-            "ours": time.process_time(),
-            "anvil": anvil,
-            "postgres": sum(cpu for _, command, cpu in processes.values() if command == "postgres"),
-        }
-
-
 class StageClock:
     """Wall time spent in each awaited stage, summed over calls."""
 
@@ -506,6 +432,7 @@ def watcher_config(chain: BenchChain, args: argparse.Namespace, **changes: Any) 
         "max_blocks_per_round": args.max_blocks_per_round,
         "rpc_batch_size": args.batch_size,
         "rpc_concurrency": args.concurrency,
+        "native_reads": args.native_reads,
     }
     settings.update(changes)
     return ChainConfig(**settings)
@@ -521,27 +448,64 @@ def bench_assets(token: str) -> AssetBook:
     )
 
 
-async def fetch_floor(chain: BenchChain, args: argparse.Namespace) -> tuple[float, float]:
-    """Seconds to read the bench blocks and logs as the watcher does, and nothing else; then
-    seconds to read the ETH deposits' receipts the same way (the watcher needs those too)."""
+@dataclass
+class Floor:
+    """Seconds to make every read the watcher makes, and how long each kind took alone."""
+
+    seconds: float
+    #: read_range alone (headers, logs, receipts or transactions), summed over the rounds
+    ranges: float
+    #: the by-hash reads alone, summed over the rounds
+    by_hash: float
+
+
+async def fetch_floor(chain: BenchChain, args: argparse.Namespace) -> Floor:
+    """Every read the watcher makes, and nothing else: each range, and by hash what it lacks
+    of the ETH deposits in it (overlapping the next range's read, as the watcher does)."""
     async with EvmRpc(chain.url) as rpc:
-        reader = ChainReader(rpc, batch_size=args.batch_size, concurrency=args.concurrency)
+        reader = ChainReader(
+            rpc,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            native_reads=args.native_reads,
+        )
         await rpc.block_number()  # open the connection outside the timing, as a watcher has
-        parent = None
-        started = time.perf_counter()
-        for first in range(chain.first, chain.last + 1, args.max_blocks_per_round):
+        eth_deposits = set(chain.eth_deposits[: chain.scanned[0]])
+        firsts = range(chain.first, chain.last + 1, args.max_blocks_per_round)
+        spent = {"ranges": 0.0, "by_hash": 0.0}
+
+        async def timed(kind: str, reading: Awaitable[Any]) -> Any:
+            began = time.perf_counter()
+            try:
+                return await reading
+            finally:
+                spent[kind] += time.perf_counter() - began
+
+        async def read(first: int, parent: str | None) -> ChainRange:
             last = min(chain.last, first + args.max_blocks_per_round - 1)
-            found = await reader.read_range(
-                first, last, contracts=[chain.token], transactions=True, parent_hash=parent
+            reading = reader.read_range(
+                first, last, contracts=[chain.token], native=True, parent_hash=parent
             )
-            parent = found.last.hash
-        blocks_and_logs = time.perf_counter() - started
-        eth_deposits = chain.eth_deposits[: chain.scanned[0]]
-        per_round = max(1, len(eth_deposits) * args.max_blocks_per_round // args.blocks)
+            found: ChainRange = await timed("ranges", reading)
+            return found
+
+        async def by_hash(found: ChainRange) -> None:
+            # the ETH deposits are the watcher's native candidates: what their blocks lack
+            if args.native_reads == "receipts":
+                hashes = [r.tx_hash for b in found.blocks for r in b.receipts or ()]
+                wanted = [h for h in hashes if h in eth_deposits]
+                await timed("by_hash", reader.transactions(wanted))
+            else:
+                hashes = [tx.hash for b in found.blocks for tx in b.transactions or ()]
+                wanted = [h for h in hashes if h in eth_deposits]
+                await timed("by_hash", reader.receipts(wanted))
+
         started = time.perf_counter()
-        for first in range(0, len(eth_deposits), per_round):
-            await reader.receipts(eth_deposits[first : first + per_round])
-        return blocks_and_logs, time.perf_counter() - started
+        found = await read(firsts[0], None)
+        for first in firsts[1:]:
+            found, _ = await asyncio.gather(read(first, found.last.hash), by_hash(found))
+        await by_hash(found)
+        return Floor(time.perf_counter() - started, spent["ranges"], spent["by_hash"])
 
 
 class Profiles:
@@ -724,12 +688,6 @@ def stage_order(stages: dict[str, float]) -> list[tuple[str, float]]:
     return order
 
 
-def percentile(values: list[float], p: int) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -747,30 +705,28 @@ async def bench(args: argparse.Namespace) -> None:
                 f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
-            cpu = CpuMeter(anvil_pid)
-            floor_before, receipts_before = await fetch_floor(chain, args)
+            cpu = CpuMeter({"anvil": anvil_pid})
+            floor_before = await fetch_floor(chain, args)
             cpu.lap("floor (before)")
-            print(f"  floor: {floor_before:.2f} s", flush=True)
+            print(f"  floor: {floor_before.seconds:.2f} s", flush=True)
             scanned = await scan(db, chain, args, cpu)
             print(f"  watcher: {scanned.seconds:.2f} s", flush=True)
             statuses = await deposits_by_status(db)
             sent = chain.scanned[0] + chain.scanned[1]
             assert statuses == {"credited": sent}, f"sent {sent:,} deposits; found {statuses}"
             cpu.lap(None)
-            floor_after, receipts_after = await fetch_floor(chain, args)
+            floor_after = await fetch_floor(chain, args)
             cpu.lap("floor (after)")
-            print(f"  floor: {floor_after:.2f} s", flush=True)
+            print(f"  floor: {floor_after.seconds:.2f} s", flush=True)
             live = await follow_live(db, chain, args)
-    report(args, chain, statuses, (floor_before, floor_after), (receipts_before, receipts_after),
-           scanned, live, cpu)  # fmt: skip
+    report(args, chain, statuses, (floor_before, floor_after), scanned, live, cpu)
 
 
 def report(
     args: argparse.Namespace,
     chain: BenchChain,
     statuses: dict[str, int],
-    floors: tuple[float, float],
-    receipts: tuple[float, float],
+    floors: tuple[Floor, Floor],
     scanned: Scan,
     live: Latency,
     cpu: CpuMeter,
@@ -790,15 +746,16 @@ def report(
     )
     print(
         f"RPC: {args.batch_size} calls per batch, {args.concurrency} batches in flight,"
-        f" {args.max_blocks_per_round} blocks per round; deposits need 0 confirmations"
+        f" {args.max_blocks_per_round} blocks per round, native reads: {args.native_reads};"
+        " deposits need 0 confirmations"
     )
     assert credited == scan_deposits, f"{credited:,} credited of {scan_deposits:,} sent"
     print(f"credited {credited:,} of {scan_deposits:,} deposits sent (statuses: {statuses})")
-    floor = min(floors)
+    floor = min(f.seconds for f in floors)
     print(f"{'':<34} {'seconds':>8} {'blocks/s':>9} {'deposits/s':>11}")
     for name, seconds in (
-        ("floor: blocks + logs (before)", floors[0]),
-        ("floor: blocks + logs (after)", floors[1]),
+        ("floor: every read (before)", floors[0].seconds),
+        ("floor: every read (after)", floors[1].seconds),
         ("watcher: first sight to credited", scanned.seconds),
     ):
         print(
@@ -807,12 +764,12 @@ def report(
         )
     ratio = floor / scanned.seconds
     print(f"watcher / floor (the faster floor): {ratio:.0%}")
-    with_receipts = floor + min(receipts)
-    print(
-        f"not in the floor, the watcher also reads the {eth:,} ETH deposits' receipts:"
-        f" {min(receipts):.2f} s alone; floor + receipts {with_receipts:.2f} s,"
-        f" watcher / that {with_receipts / scanned.seconds:.0%}"
-    )
+    lacking = "transactions" if args.native_reads == "receipts" else "receipts"
+    for when, part in zip(("before", "after"), floors, strict=True):
+        print(
+            f"  floor {when}: the ranges alone {part.ranges:.2f} s, the {eth:,} ETH deposits'"
+            f" {lacking} by hash alone {part.by_hash:.2f} s (overlapping)"
+        )
     print(f"watcher: {scanned.rounds} rounds; where its time went:")
     accounted = 0.0
     for stage, seconds in stage_order(scanned.stages):
@@ -896,6 +853,12 @@ def main() -> None:
         " the last 5 minutes on every round)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--native-reads",
+        choices=("receipts", "blocks"),
+        default="receipts",
+        help="how the watcher (and the floor) find ETH deposits: ChainConfig.native_reads",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the watcher's scan (slows it)"
     )
