@@ -11,7 +11,8 @@ phases the bench fetches and clears those notes (GET /_records). For each endpoi
             deposit.credited, made with services.endpoints.create_endpoint), and
             --deliveries / endpoints deposits recorded as the chain watcher records them
             (record_observations, 500 per transaction): each makes one deposit.credited event
-            and, through the outbox fan-out, one delivery per endpoint. Not timed.
+            and, through the outbox fan-out, one delivery per endpoint. On PostgreSQL then
+            ANALYZE deliveries, as autovacuum would within a minute. Not timed.
   floor     the sender's HTTP client (HttpPoster.for_policy on the same delivery policy,
             through the SSRF guard) posting the same bodies to the same URLs, each signed at
             post time with signature_headers as the sender signs, --concurrency requests in
@@ -32,7 +33,7 @@ recording transaction starts, so the transaction and its commit are inside), and
 the moment the recording call returned (committed) and minus the moment the deposit arrived
 (the call began, group-commit queueing included).
 
-The sender's main loop is split into claiming (``_fill``), writing outcomes down (``_finish``)
+The sender's main loop is split into claiming (``_claim``), writing outcomes down (``_finish``)
 and waiting for answers (``_idle``) by wrapping those methods on the instance; --profile adds
 cProfile of the event loop over each sender phase. CPU seconds are counted per phase for this
 process, the receiver and PostgreSQL (every postgres process on the machine). Ratios compare
@@ -426,7 +427,7 @@ class SenderLoop:
     def watch(self, sender: Sender) -> None:
         """Time and count what ``sender`` does (reaches into its privates)."""
         for name, stage in (
-            ("_fill", "claiming (_fill)"),
+            ("_claim", "claiming (_claim)"),
             ("_finish", "writing outcomes (_finish)"),
             ("_idle", "waiting for answers (_idle)"),
         ):
@@ -486,7 +487,7 @@ class SenderLoop:
     def split(self, total: float) -> list[str]:
         lines = []
         for stage in (
-            "claiming (_fill)",
+            "claiming (_claim)",
             "  of which the claim statements",
             "writing outcomes (_finish)",
             "  of which the record statements",
@@ -570,6 +571,15 @@ class Throughput:
         return self.deliveries / self.floor
 
 
+async def analyze(db: Database) -> None:
+    """Statistics for the planner, as autovacuum keeps them in a running service (it would
+    analyze a table grown this much within its first naptime, a minute): without them the
+    claim's plan sorts every due delivery (db.outbox)."""
+    if not db.is_sqlite:
+        async with db.writer.begin() as conn:
+            await conn.exec_driver_sql("ANALYZE deliveries")
+
+
 async def throughput(
     args: argparse.Namespace,
     policy: DeliveryConfig,
@@ -588,6 +598,7 @@ async def throughput(
         expected = {(post.path, post.event_id) for post in posts}
         assert len(expected) == len(posts) == events * endpoint_count
         assert await deliveries_by_status(db) == {"pending": len(posts)}
+        await analyze(db)
         print(
             f"  {name}: {events:,} events, {len(posts):,} deliveries queued"
             f" ({time.perf_counter() - started:.0f} s)",

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
     Row,
-    String,
     and_,
+    any_,
     bindparam,
     exists,
-    func,
     insert,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,6 +35,33 @@ from depositd.db.tables import (
 )
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+_UPDATE_FROM_ARRAYS = text(
+    """
+    UPDATE deliveries AS d SET
+        status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
+        last_attempt_at = u.last_at, last_status_code = u.code, last_error = u.error,
+        finished_at = u.finished_at
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]), CAST(:attempts AS integer[]),
+        CAST(:nexts AS timestamptz[]), CAST(:lasts AS timestamptz[]),
+        CAST(:codes AS integer[]), CAST(:errors AS varchar[]), CAST(:finished AS timestamptz[])
+    ) AS u(id, status, attempts, next_at, last_at, code, error, finished_at)
+    WHERE d.id = u.id AND d.status = 'pending'
+    """
+)
+_INSERT_ATTEMPTS_FROM_ARRAYS = text(
+    """
+    INSERT INTO delivery_attempts (delivery_id, attempt, url, status_code, latency_ms,
+                                   response_excerpt, error_class, error, created_at)
+    SELECT * FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:urls AS varchar[]),
+        CAST(:codes AS integer[]), CAST(:latencies AS integer[]),
+        CAST(:excerpts AS varchar[]), CAST(:classes AS varchar[]), CAST(:errors AS varchar[]),
+        CAST(:ats AS timestamptz[])
+    )
+    """
+)
 
 
 @dataclass(frozen=True)
@@ -71,64 +100,73 @@ class DeliveryRepository:
         now: datetime,
         lease_until: datetime,
         limit: int,
-        skip_endpoints: Collection[str] = (),
+        *,
+        room: Mapping[str, int] | None = None,
+        room_per_endpoint: int | None = None,
     ) -> Sequence[Row[Any]]:
         """Lease up to ``limit`` due deliveries (until ``lease_until``) and return them.
 
         Due: pending, ``next_attempt_at`` passed, the endpoint enabled with its circuit
         closed, and no earlier event of the same deposit still pending for the endpoint (one
-        deposit's events reach an endpoint in order). On PostgreSQL concurrent senders skip
-        each other's rows (``SKIP LOCKED``); SQLite has one sender.
+        deposit's events reach an endpoint in order). An endpoint gets at most ``room`` of
+        them (by endpoint id; ``room_per_endpoint`` for the others). On PostgreSQL concurrent
+        senders skip each other's rows (``SKIP LOCKED``); SQLite has one sender.
         """
-        # One deposit's events in order: only the first pending delivery of each (endpoint,
-        # ordering key) may go (test events have no key: each is its own). A window over the
-        # pending rows reads them once; the equivalent NOT EXISTS was planned, on a table
-        # without statistics yet, as a scan of every pending row per candidate (seconds).
-        place = (
-            func.row_number()
-            .over(
-                partition_by=(
-                    deliveries.c.endpoint_id,
-                    func.coalesce(deliveries.c.ordering_key, sql_cast(deliveries.c.id, String)),
-                ),
-                order_by=deliveries.c.event_seq,
-            )
-            .label("place")
-        )
-        pending = (
-            select(deliveries.c.id, deliveries.c.endpoint_id, deliveries.c.next_attempt_at, place)
-            .where(deliveries.c.status == PENDING)
-            .subquery()
-        )
-        due = (
-            select(pending.c.id)
-            .join(endpoints, endpoints.c.id == pending.c.endpoint_id)
+        # One deposit's events in order: a delivery goes only when no earlier one of its
+        # (endpoint, ordering key) is pending (test events have no key: each is its own).
+        # With statistics the planner reads the due rows in order from the partial index
+        # ix_deliveries_pending_due, probes each through ix_deliveries_pending_order and
+        # stops at the limit: ~1 ms for a batch out of 20,000 pending. (On a table filled
+        # since its last ANALYZE it may sort every due row first, ~80 ms for 20,000, until
+        # autovacuum analyzes it; the window query this replaces did that every time.)
+        earlier = deliveries.alias("earlier")
+        blocked = (
+            exists()
             .where(
-                pending.c.place == 1,
-                pending.c.next_attempt_at <= now,
+                earlier.c.status == PENDING,
+                earlier.c.endpoint_id == deliveries.c.endpoint_id,
+                earlier.c.ordering_key == deliveries.c.ordering_key,
+                earlier.c.event_seq < deliveries.c.event_seq,
+            )
+            .correlate(deliveries)
+        )
+        full = [endpoint for endpoint, free in (room or {}).items() if free <= 0]
+        due = (
+            select(deliveries.c.id, deliveries.c.endpoint_id)
+            .join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
+            .where(
+                deliveries.c.status == PENDING,
+                deliveries.c.next_attempt_at <= now,
                 endpoints.c.disabled_at.is_(None),
                 or_(
                     endpoints.c.circuit_open_until.is_(None),
                     endpoints.c.circuit_open_until <= now,
                 ),
+                ~blocked,
             )
-            .order_by(pending.c.next_attempt_at, pending.c.id)
-            .limit(limit)
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            # capped endpoints leave room for the next ones in line
+            .limit(limit * 2 if room_per_endpoint is not None else limit)
         )
-        if skip_endpoints:
-            due = due.where(pending.c.endpoint_id.not_in(list(skip_endpoints)))
+        if full:
+            due = due.where(deliveries.c.endpoint_id.not_in(full))
         if self._conn.dialect.name == "postgresql":
-            # concurrent senders skip each other's rows
-            due = (
-                select(deliveries.c.id)
-                .where(deliveries.c.id.in_(due.scalar_subquery()))
-                .with_for_update(skip_locked=True)
-            )
-        ids = list((await self._conn.execute(due)).scalars())
+            # concurrent senders skip each other's rows; those not taken are let go at commit
+            due = due.with_for_update(of=deliveries, skip_locked=True)
+        ids: list[int] = []
+        taken: dict[str, int] = {}
+        for delivery_id, endpoint_id in (await self._conn.execute(due)).all():
+            cap = (room or {}).get(endpoint_id, room_per_endpoint)
+            if cap is not None and taken.get(endpoint_id, 0) >= cap:
+                continue
+            taken[endpoint_id] = taken.get(endpoint_id, 0) + 1
+            ids.append(delivery_id)
+            if len(ids) == limit:
+                break
         if not ids:
             return []
         await self._conn.execute(
-            update(deliveries).where(deliveries.c.id.in_(ids)).values(next_attempt_at=lease_until)
+            update(deliveries).where(self._is_one_of(ids)).values(next_attempt_at=lease_until)
         )
         result = await self._conn.execute(
             select(
@@ -149,13 +187,35 @@ class DeliveryRepository:
             )
             .join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
             .join(events, events.c.seq == deliveries.c.event_seq)
-            .where(deliveries.c.id.in_(ids))
+            .where(self._is_one_of(ids))
             .order_by(deliveries.c.id)
         )
         return cast(Sequence[Row[Any]], result.all())
 
+    def _is_one_of(self, ids: Sequence[int]) -> ColumnElement[bool]:
+        """``deliveries.id`` among ``ids``: on PostgreSQL one array parameter, so the
+        statement's text (and its prepared plan) is the same for every batch size."""
+        if self._conn.dialect.name == "postgresql":
+            return deliveries.c.id == any_(bindparam("ids", list(ids), type_=PG_ARRAY(BigInteger)))
+        return deliveries.c.id.in_(ids)
+
     async def record(self, updates: Sequence[DeliveryUpdate], tried: Sequence[AttemptRow]) -> None:
-        if tried:
+        if tried and self._conn.dialect.name == "postgresql":
+            await self._conn.execute(
+                _INSERT_ATTEMPTS_FROM_ARRAYS,
+                {
+                    "ids": [a.delivery_id for a in tried],
+                    "attempts": [a.attempt for a in tried],
+                    "urls": [a.url for a in tried],
+                    "codes": [a.status_code for a in tried],
+                    "latencies": [a.latency_ms for a in tried],
+                    "excerpts": [a.response_excerpt for a in tried],
+                    "classes": [a.error_class for a in tried],
+                    "errors": [a.error for a in tried],
+                    "ats": [a.at for a in tried],
+                },
+            )
+        elif tried:
             await self._conn.execute(
                 insert(delivery_attempts),
                 [
@@ -173,7 +233,23 @@ class DeliveryRepository:
                     for a in tried
                 ],
             )
-        if updates:
+        if updates and self._conn.dialect.name == "postgresql":
+            # one statement, the batch as arrays (an executemany is a round of the protocol
+            # per row); only rows still pending: one that ended meanwhile stays ended
+            await self._conn.execute(
+                _UPDATE_FROM_ARRAYS,
+                {
+                    "ids": [u.delivery_id for u in updates],
+                    "statuses": [u.status for u in updates],
+                    "attempts": [u.attempts for u in updates],
+                    "nexts": [u.next_attempt_at for u in updates],
+                    "lasts": [u.last_attempt_at for u in updates],
+                    "codes": [u.last_status_code for u in updates],
+                    "errors": [u.last_error for u in updates],
+                    "finished": [u.finished_at for u in updates],
+                },
+            )
+        elif updates:
             # one statement for the batch; only rows still pending: a delivery that ended
             # meanwhile (its endpoint deleted) stays ended
             await self._conn.execute(
@@ -202,6 +278,22 @@ class DeliveryRepository:
                     for u in updates
                 ],
             )
+
+    async def clear_health(self, endpoint_ids: Collection[str], now: datetime) -> None:
+        """Endpoints that just delivered: no failure streak, no open circuit (one statement;
+        rows with nothing to clear are left alone)."""
+        await self._conn.execute(
+            update(endpoints)
+            .where(
+                endpoints.c.id.in_(sorted(endpoint_ids)),
+                or_(
+                    endpoints.c.failure_streak != 0,
+                    endpoints.c.failing_since.is_not(None),
+                    endpoints.c.circuit_open_until.is_not(None),
+                ),
+            )
+            .values(failure_streak=0, failing_since=None, circuit_open_until=None, updated_at=now)
+        )
 
     async def endpoint_health(self, endpoint_ids: Collection[str]) -> Sequence[Row[Any]]:
         """The endpoints' failure counters, locked until commit (PostgreSQL)."""

@@ -307,7 +307,14 @@ deliveries = Table(
     Column("last_error", String(300), nullable=True),
     _ts("finished_at", nullable=True),
     UniqueConstraint("endpoint_id", "event_seq"),
-    Index(None, "status", "next_attempt_at"),
+    #: the sender's claim: the pending rows in due order
+    Index(
+        "ix_deliveries_pending_due",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
     #: the sender's per-deposit ordering check: the pending rows only
     Index(
         "ix_deliveries_pending_order",

@@ -1,12 +1,16 @@
 """The webhook sender: posts every outbox row to its endpoint until it is delivered (or dead).
 
-It keeps up to ``concurrency`` requests in flight. Whenever there is room it claims due
-deliveries (a lease: ``next_attempt_at`` moves past the attempt, so a sender that dies
-leaves them to be claimed again when the lease ends), posts each one — signed, to the
-primary URL and then to each fallback URL until one answers 2xx — and writes the outcomes
-down in batches: the attempt log, the delivery's next attempt (full-jitter schedule,
-``Retry-After`` honoured) or its end, and the endpoint's health. An endpoint may hold only
-a share of the slots and its circuit opens after consecutive failures, so a dead or slow
+It keeps up to ``concurrency`` requests in flight. It claims due deliveries in batches into
+a queue of its own, ahead of need (a lease: ``next_attempt_at`` moves past the attempt, so
+a sender that dies leaves them to be claimed again when the lease ends), posts each one as
+a slot frees — signed, to the primary URL and then to each fallback URL until one answers
+2xx — and writes the outcomes down in batches (every ``_RECORD_BATCH`` answers, or
+``_RECORD_WAIT_SECONDS`` after the first unwritten one): the attempt log, the delivery's
+next attempt (full-jitter schedule, ``Retry-After`` honoured) or its end, and the
+endpoint's health. The database is met once per batch, not once per request.
+
+An endpoint may hold only a share of the slots (a quarter) until its answers show it fast
+(then three quarters), and its circuit opens after consecutive failures, so a dead or slow
 endpoint never holds up the others. A 410 disables the endpoint and emits
 ``endpoint.disabled``; so does failing without a single success for too long.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,8 +53,11 @@ from depositd.services.queries import Event
 
 log = structlog.get_logger("depositd.sender")
 
-#: how long a wake-up waits for more answers before writing them down together
-_COALESCE_SECONDS = 0.005
+#: answers written down together, at most; and how long the first of them may wait
+_RECORD_BATCH = 200
+_RECORD_WAIT_SECONDS = 0.02
+#: an endpoint answering 2xx faster than this on average may hold more than its share
+_FAST_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -92,19 +99,34 @@ class Sender:
         self._poll = poll_interval_seconds
         #: requests in flight per endpoint; an endpoint may hold only a share of the slots
         self._busy: Counter[str] = Counter()
-        self._per_endpoint = max(1, config.concurrency // 4)
-        self._refill_at = max(1, min(config.batch_size, config.concurrency // 4))
+        #: claimed deliveries waiting for a slot, and how many of each endpoint's
+        self._queue: deque[tuple[_Job, datetime]] = deque()
+        self._queued: Counter[str] = Counter()
+        self._share = max(1, config.concurrency // 4)
+        self._fast_share = max(self._share, config.concurrency - self._share)
+        #: per endpoint: the smoothed latency (seconds) of its answers, None after a failure
+        self._pace: dict[str, float | None] = {}
         self._request_time = timedelta(seconds=config.total_timeout_seconds)
         self._tasks: set[asyncio.Task[_Outcome]] = set()
         self._done: list[_Outcome] = []
+        self._first_done_at: float | None = None
         self._wake = asyncio.Event()
+        #: more may be due than the last claim found (news from a writer, or our own writes
+        #: that let the next event of a deposit go); else claims wait for the poll interval
+        self._news = True
+        self._claimed_at = 0.0
+        #: a request task that failed unexpectedly (a bug): the main loop raises it
+        self._crashed: BaseException | None = None
+        self._closing = False
 
     def wake(self) -> None:
         """New deliveries may be due (a writer committed events)."""
+        self._news = True
         self._wake.set()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        self._closing = True
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._poster.close()
@@ -114,8 +136,13 @@ class Sender:
         log.info("sender started", concurrency=self._config.concurrency)
         try:
             while True:
-                await self._finish()  # first: it frees the finished requests' endpoint shares
-                if not await self._fill():
+                if self._crashed is not None:
+                    raise self._crashed
+                if self._record_due():
+                    await self._finish()  # first: its writes may let deposits' next events go
+                claimed = await self._claim() if self._wants_more() else 0
+                launched = self._launch()
+                if not (claimed or launched or self._record_due()):
                     await self._idle()
         finally:
             await self.close()
@@ -124,55 +151,130 @@ class Sender:
         """Deliver what is due now and wait for it (tests, one-shot use); how many."""
         handled = 0
         while True:
-            claimed = await self._fill()
+            claimed = await self._claim()
             handled += claimed
-            if self._tasks:
-                await asyncio.wait(self._tasks)
+            while self._queue or self._tasks:
+                self._launch()
+                if self._tasks:
+                    await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                if self._crashed is not None:
+                    raise self._crashed
             await self._finish()
             if not claimed:
                 return handled
 
     # -- claiming and posting --------------------------------------------------------------
 
-    async def _fill(self) -> int:
-        room = self._config.concurrency - len(self._tasks)
-        if room <= 0 or (self._tasks and room < self._refill_at):
-            return 0  # claim in batches, not one row per finished request
+    def _allowance(self, endpoint_id: str) -> int:
+        """Requests an endpoint may have in flight: its share, more once it is seen fast."""
+        pace = self._pace.get(endpoint_id)
+        return self._fast_share if pace is not None and pace < _FAST_SECONDS else self._share
+
+    def _wants_more(self) -> bool:
+        """Claim when the queue runs short of deliveries that could go (those of endpoints
+        at their allowance wait for it: they count for nothing), and there may be some."""
+        ready = sum(n for e, n in self._queued.items() if self._busy[e] < self._allowance(e))
+        if ready >= max(1, self._config.batch_size // 2):
+            return False
+        return self._news or time.monotonic() - self._claimed_at >= self._poll
+
+    async def _claim(self) -> int:
+        """Claim a batch of due deliveries into the queue; how many."""
         now = self._clock()
-        full = [endpoint for endpoint, n in self._busy.items() if n >= self._per_endpoint]
         lease = now + timedelta(seconds=self._config.lease_seconds)
+        # an endpoint may have twice its allowance claimed (in flight or queued): enough to
+        # keep its slots busy between claims, not so many that its queue outlasts the lease
+        known = set(self._busy) | set(self._queued) | set(self._pace)
+        room = {e: 2 * self._allowance(e) - self._busy[e] - self._queued[e] for e in known}
         async with UnitOfWork(self._db, write=True) as uow:
             rows = await uow.deliveries.claim(
-                now, lease, min(room, self._config.batch_size), skip_endpoints=full
+                now, lease, self._config.batch_size, room=room, room_per_endpoint=2 * self._share
             )
             await uow.commit()
+        self._claimed_at = time.monotonic()
+        # a full batch may have left more behind; a short one found all there was
+        self._news = len(rows) >= self._config.batch_size
         for row in rows:
             job = _job(row, now)
-            self._busy[job.endpoint_id] += 1
+            self._queue.append((job, lease))
+            self._queued[job.endpoint_id] += 1
+        return len(rows)
+
+    def _launch(self) -> int:
+        """Post queued deliveries while slots are free, each within its endpoint's allowance
+        (one endpoint at its limit does not hold back the others in the queue)."""
+        free = self._config.concurrency - len(self._tasks)
+        if free <= 0 or not self._queue:
+            return 0
+        launched, waiting = 0, deque[tuple[_Job, datetime]]()
+        while self._queue and launched < free:
+            job, lease = self._queue.popleft()
+            endpoint = job.endpoint_id
+            if self._busy[endpoint] >= self._allowance(endpoint):
+                waiting.append((job, lease))
+                continue
+            self._queued[endpoint] -= 1
+            if self._queued[endpoint] <= 0:
+                del self._queued[endpoint]
+            self._busy[endpoint] += 1
             task = asyncio.create_task(self._deliver(job, lease))
             self._tasks.add(task)
             task.add_done_callback(self._on_done)
-        return len(rows)
+            launched += 1
+        waiting.extend(self._queue)
+        self._queue = waiting
+        return launched
 
     def _on_done(self, task: asyncio.Task[_Outcome]) -> None:
+        """A request ended: note its outcome, and give its slot to the next queued delivery
+        at once (the main loop may be busy claiming or writing down)."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:
+            self._crashed = error
+            self._wake.set()
+            return
+        outcome = task.result()
+        self._done.append(outcome)
+        endpoint = outcome.job.endpoint_id
+        self._busy[endpoint] -= 1
+        if self._busy[endpoint] <= 0:
+            del self._busy[endpoint]
+        self._note_pace(outcome)
+        if self._first_done_at is None:
+            self._first_done_at = time.monotonic()
+        if not self._closing:
+            self._launch()
         self._wake.set()
 
-    def _collect(self) -> None:
-        for task in [t for t in self._tasks if t.done()]:
-            self._tasks.discard(task)
-            if task.cancelled():
-                continue
-            outcome = task.result()
-            self._done.append(outcome)
+    def _note_pace(self, outcome: _Outcome) -> None:
+        endpoint = outcome.job.endpoint_id
+        if outcome.verdict is not Verdict.DELIVERED or not outcome.tried:
+            self._pace[endpoint] = None  # back to its share until it answers well again
+            return
+        seconds = outcome.tried[-1].latency_ms / 1000
+        pace = self._pace.get(endpoint)
+        self._pace[endpoint] = seconds if pace is None else 0.8 * pace + 0.2 * seconds
+
+    def _record_due(self) -> bool:
+        """Whether the answers in hand should be written down now."""
+        if not self._done:
+            return False
+        if len(self._done) >= _RECORD_BATCH or not self._tasks:
+            return True
+        assert self._first_done_at is not None
+        return time.monotonic() - self._first_done_at >= _RECORD_WAIT_SECONDS
 
     async def _idle(self) -> None:
+        timeout = max(0.0, self._poll - (time.monotonic() - self._claimed_at))
+        if self._done and self._first_done_at is not None:
+            # wake in time to write down the answers in hand
+            waited = time.monotonic() - self._first_done_at
+            timeout = max(0.0, min(timeout, _RECORD_WAIT_SECONDS - waited))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._poll)
-        if self._tasks:
-            # let the answers arriving together be written together
-            await asyncio.sleep(_COALESCE_SECONDS)
+            await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
-        self._collect()
 
     async def _deliver(self, job: _Job, lease: datetime) -> _Outcome:
         """One attempt: the primary URL, then each fallback until one answers 2xx or 410."""
@@ -223,18 +325,12 @@ class Sender:
     # -- writing outcomes down -------------------------------------------------------------
 
     async def _finish(self) -> None:
-        self._collect()
         done, self._done = self._done, []
+        self._first_done_at = None
         if not done:
             return
-        now = self._clock()
-        try:
-            await self._record(done, now)
-        finally:
-            for outcome in done:
-                self._busy[outcome.job.endpoint_id] -= 1
-                if self._busy[outcome.job.endpoint_id] <= 0:
-                    del self._busy[outcome.job.endpoint_id]
+        self._news = True  # a deposit's next event may go now
+        await self._record(done, self._clock())
 
     async def _record(self, done: Sequence[_Outcome], now: datetime) -> None:
         updates, tried = [], []
@@ -258,9 +354,18 @@ class Sender:
         by_endpoint: dict[str, list[_Outcome]] = {}
         for outcome in done:
             by_endpoint.setdefault(outcome.job.endpoint_id, []).append(outcome)
+        # the common case, every answer a success, in one statement; the others one by one
+        delivered = {
+            endpoint
+            for endpoint, outcomes in by_endpoint.items()
+            if all(o.verdict is Verdict.DELIVERED for o in outcomes)
+        }
+        if delivered:
+            await uow.deliveries.clear_health(delivered, now)
+        troubled = [endpoint for endpoint in by_endpoint if endpoint not in delivered]
         config = self._config
         events = []
-        for row in await uow.deliveries.endpoint_health(by_endpoint):
+        for row in await uow.deliveries.endpoint_health(troubled) if troubled else ():
             streak, since = row.failure_streak, row.failing_since
             reason = None
             for outcome in by_endpoint[row.id]:
