@@ -24,7 +24,7 @@ PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:54
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(engine: str) -> AsyncIterator[Database]:
+async def fresh_database(engine: str, pool_size: int = 10) -> AsyncIterator[Database]:
     """An empty, migrated database on ``engine``, removed afterwards."""
     if engine == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ async def fresh_database(engine: str) -> AsyncIterator[Database]:
     conn = await asyncpg.connect(dsn)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    db = Database(admin.set(database=name))
+    db = Database(admin.set(database=name), pool_size=pool_size)
     try:
         await upgrade(db)
         yield db

@@ -24,23 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
+from _common import fresh_database
 from depositd.clock import utcnow
 from depositd.config import load_config
 from depositd.db.engine import Database
-from depositd.db.migrate import upgrade
 from depositd.db.tables import accounts, deposits, events, ledger_entries
 from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
@@ -60,8 +52,6 @@ def address_of(user: int) -> str:
 #: (bare deposits, bare all rows, engine) in deposits per second, per mode
 Figures = dict[str, tuple[float, float, float]]
 Rows = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
-
-PG_URL = os.environ.get("DEPOSITD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Workload:
@@ -175,7 +165,6 @@ async def in_parallel(
 
 
 async def bench_engine(db: Database, assets: AssetBook, args: argparse.Namespace) -> Figures:
-    await upgrade(db)
     merchant = await merchants.create_merchant(db, "bench")
     user_ids = []
     for n in range(args.users):
@@ -294,33 +283,6 @@ def _pg(value: Any) -> Any:
     if isinstance(value, int) and abs(value) > 2**62:
         return Decimal(value)
     return value
-
-
-@asynccontextmanager
-async def fresh_database(engine: str, pool_size: int) -> AsyncIterator[Database]:
-    """An empty database on ``engine``, removed afterwards."""
-    if engine == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")
-            try:
-                yield db
-            finally:
-                await db.dispose()
-        return
-    admin = make_url(PG_URL)
-    name = f"depositd_bench_{uuid.uuid4().hex[:8]}"
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    db = Database(admin.set(database=name), pool_size=pool_size)
-    try:
-        yield db
-    finally:
-        await db.dispose()
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def main() -> None:
