@@ -130,18 +130,16 @@ class RawTransaction(msgspec.Struct):
     blockHash: str | None = None
 
 
-class RawBlock(msgspec.Struct):
-    number: str
-    hash: str
-    parentHash: str
-    #: read with its transactions (RawHeader reads one without them)
-    transactions: list[RawTransaction] | None = None
-
-
 class RawHeader(msgspec.Struct):
     number: str
     hash: str
     parentHash: str
+
+
+class RawBlock(RawHeader):
+    """A block read with its transactions."""
+
+    transactions: list[RawTransaction] | None = None
 
 
 class RawReceipt(msgspec.Struct):
@@ -167,7 +165,7 @@ def _lower(address: str | None) -> str | None:
     return address.lower() if address else None
 
 
-def to_block(raw: RawBlock | RawHeader) -> Block:
+def to_block(raw: RawHeader) -> Block:
     transactions = None
     if isinstance(raw, RawBlock) and raw.transactions is not None:
         transactions = tuple(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,17 +37,22 @@ from depositd.db.tables import (
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
+# The PostgreSQL batch writes: one statement each, the batch as one array per column (an
+# executemany is a round of the protocol per row); parameters named after the dataclasses'
+# fields (``_columns``)
 _UPDATE_FROM_ARRAYS = text(
     """
     UPDATE deliveries AS d SET
-        status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
-        last_attempt_at = u.last_at, last_status_code = u.code, last_error = u.error,
-        finished_at = u.finished_at
+        status = u.status, attempts = u.attempts, next_attempt_at = u.next_attempt_at,
+        last_attempt_at = u.last_attempt_at, last_status_code = u.last_status_code,
+        last_error = u.last_error, finished_at = u.finished_at
     FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]), CAST(:attempts AS integer[]),
-        CAST(:nexts AS timestamptz[]), CAST(:lasts AS timestamptz[]),
-        CAST(:codes AS integer[]), CAST(:errors AS varchar[]), CAST(:finished AS timestamptz[])
-    ) AS u(id, status, attempts, next_at, last_at, code, error, finished_at)
+        CAST(:delivery_id AS bigint[]), CAST(:status AS varchar[]), CAST(:attempts AS integer[]),
+        CAST(:next_attempt_at AS timestamptz[]), CAST(:last_attempt_at AS timestamptz[]),
+        CAST(:last_status_code AS integer[]), CAST(:last_error AS varchar[]),
+        CAST(:finished_at AS timestamptz[])
+    ) AS u(id, status, attempts, next_attempt_at, last_attempt_at, last_status_code,
+           last_error, finished_at)
     WHERE d.id = u.id AND d.status = 'pending'
     """
 )
@@ -55,18 +61,25 @@ _INSERT_ATTEMPTS_FROM_ARRAYS = text(
     INSERT INTO delivery_attempts (delivery_id, attempt, url, status_code, latency_ms,
                                    response_excerpt, error_class, error, created_at)
     SELECT * FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:urls AS varchar[]),
-        CAST(:codes AS integer[]), CAST(:latencies AS integer[]),
-        CAST(:excerpts AS varchar[]), CAST(:classes AS varchar[]), CAST(:errors AS varchar[]),
-        CAST(:ats AS timestamptz[])
+        CAST(:delivery_id AS bigint[]), CAST(:attempt AS integer[]), CAST(:url AS varchar[]),
+        CAST(:status_code AS integer[]), CAST(:latency_ms AS integer[]),
+        CAST(:response_excerpt AS varchar[]), CAST(:error_class AS varchar[]),
+        CAST(:error AS varchar[]), CAST(:created_at AS timestamptz[])
     )
     """
 )
 
 
+def _columns(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    """Dataclass rows as one list per field: the parameters of an ``unnest`` write."""
+    names = [field.name for field in dataclasses.fields(rows[0])]
+    return {name: [getattr(row, name) for row in rows] for name in names}
+
+
 @dataclass(frozen=True)
 class AttemptRow:
-    """One request to one URL (an attempt tries the fallback URLs after the primary)."""
+    """One request to one URL (an attempt tries the fallback URLs after the primary); the
+    fields are ``delivery_attempts``' columns."""
 
     delivery_id: int
     attempt: int
@@ -76,11 +89,13 @@ class AttemptRow:
     response_excerpt: str | None
     error_class: str | None
     error: str | None
-    at: datetime
+    created_at: datetime
 
 
 @dataclass(frozen=True)
 class DeliveryUpdate:
+    """A delivery's new state; the fields after ``delivery_id`` are ``deliveries``' columns."""
+
     delivery_id: int
     status: str
     attempts: int
@@ -200,83 +215,25 @@ class DeliveryRepository:
         return deliveries.c.id.in_(ids)
 
     async def record(self, updates: Sequence[DeliveryUpdate], tried: Sequence[AttemptRow]) -> None:
-        if tried and self._conn.dialect.name == "postgresql":
-            await self._conn.execute(
-                _INSERT_ATTEMPTS_FROM_ARRAYS,
-                {
-                    "ids": [a.delivery_id for a in tried],
-                    "attempts": [a.attempt for a in tried],
-                    "urls": [a.url for a in tried],
-                    "codes": [a.status_code for a in tried],
-                    "latencies": [a.latency_ms for a in tried],
-                    "excerpts": [a.response_excerpt for a in tried],
-                    "classes": [a.error_class for a in tried],
-                    "errors": [a.error for a in tried],
-                    "ats": [a.at for a in tried],
-                },
-            )
+        postgresql = self._conn.dialect.name == "postgresql"
+        if tried and postgresql:
+            await self._conn.execute(_INSERT_ATTEMPTS_FROM_ARRAYS, _columns(tried))
         elif tried:
-            await self._conn.execute(
-                insert(delivery_attempts),
-                [
-                    {
-                        "delivery_id": a.delivery_id,
-                        "attempt": a.attempt,
-                        "url": a.url,
-                        "status_code": a.status_code,
-                        "latency_ms": a.latency_ms,
-                        "response_excerpt": a.response_excerpt,
-                        "error_class": a.error_class,
-                        "error": a.error,
-                        "created_at": a.at,
-                    }
-                    for a in tried
-                ],
-            )
-        if updates and self._conn.dialect.name == "postgresql":
-            # one statement, the batch as arrays (an executemany is a round of the protocol
-            # per row); only rows still pending: one that ended meanwhile stays ended
-            await self._conn.execute(
-                _UPDATE_FROM_ARRAYS,
-                {
-                    "ids": [u.delivery_id for u in updates],
-                    "statuses": [u.status for u in updates],
-                    "attempts": [u.attempts for u in updates],
-                    "nexts": [u.next_attempt_at for u in updates],
-                    "lasts": [u.last_attempt_at for u in updates],
-                    "codes": [u.last_status_code for u in updates],
-                    "errors": [u.last_error for u in updates],
-                    "finished": [u.finished_at for u in updates],
-                },
-            )
+            await self._conn.execute(insert(delivery_attempts), [vars(a) for a in tried])
+        if updates and postgresql:
+            # only rows still pending: one that ended meanwhile (endpoint deleted) stays ended
+            await self._conn.execute(_UPDATE_FROM_ARRAYS, _columns(updates))
         elif updates:
-            # one statement for the batch; only rows still pending: a delivery that ended
-            # meanwhile (its endpoint deleted) stays ended
+            # one statement for the batch (bind names must not be the columns' own)
+            columns = [f.name for f in dataclasses.fields(DeliveryUpdate)]
+            columns.remove("delivery_id")
             await self._conn.execute(
                 update(deliveries)
-                .where(deliveries.c.id == bindparam("b_id"), deliveries.c.status == PENDING)
-                .values(
-                    status=bindparam("b_status"),
-                    attempts=bindparam("b_attempts"),
-                    next_attempt_at=bindparam("b_next"),
-                    last_attempt_at=bindparam("b_last"),
-                    last_status_code=bindparam("b_code"),
-                    last_error=bindparam("b_error"),
-                    finished_at=bindparam("b_finished"),
-                ),
-                [
-                    {
-                        "b_id": u.delivery_id,
-                        "b_status": u.status,
-                        "b_attempts": u.attempts,
-                        "b_next": u.next_attempt_at,
-                        "b_last": u.last_attempt_at,
-                        "b_code": u.last_status_code,
-                        "b_error": u.last_error,
-                        "b_finished": u.finished_at,
-                    }
-                    for u in updates
-                ],
+                .where(
+                    deliveries.c.id == bindparam("b_delivery_id"), deliveries.c.status == PENDING
+                )
+                .values({name: bindparam(f"b_{name}") for name in columns}),
+                [{f"b_{name}": value for name, value in vars(u).items()} for u in updates],
             )
 
     async def clear_health(self, endpoint_ids: Collection[str], now: datetime) -> None:

@@ -206,7 +206,7 @@ class Sender:
         free = self._config.concurrency - len(self._tasks)
         if free <= 0 or not self._queue:
             return 0
-        launched, waiting = 0, deque[tuple[_Job, datetime]]()
+        launched, waiting = 0, []
         while self._queue and launched < free:
             job, lease = self._queue.popleft()
             endpoint = job.endpoint_id
@@ -221,8 +221,9 @@ class Sender:
             self._tasks.add(task)
             task.add_done_callback(self._on_done)
             launched += 1
-        waiting.extend(self._queue)
-        self._queue = waiting
+        # those passed over go back in front, in their order (work in what was looked at, not
+        # in the queue's length: this runs once per finished request)
+        self._queue.extendleft(reversed(waiting))
         return launched
 
     def _on_done(self, task: asyncio.Task[_Outcome]) -> None:
@@ -446,7 +447,7 @@ def _update(outcome: _Outcome, now: datetime) -> DeliveryUpdate:
         status=status,
         attempts=job.attempt,
         next_attempt_at=retry,
-        last_attempt_at=outcome.tried[-1].at if outcome.tried else now,
+        last_attempt_at=outcome.tried[-1].created_at if outcome.tried else now,
         last_status_code=outcome.status_code,
         last_error=outcome.error,
         finished_at=finished,
