@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -50,6 +51,20 @@ async def fresh_database(engine: str, pool_size: int = 10) -> AsyncIterator[Data
         conn = await asyncpg.connect(dsn)
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Return once ``process`` accepts connections on 127.0.0.1:``port``; raise if it exits
+    first or takes more than 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -60,7 +60,6 @@ import os
 import pstats
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -73,7 +72,7 @@ from typing import Any, cast
 import aiohttp
 from sqlalchemy import func, select
 
-from _common import CpuMeter, free_port, fresh_database, percentile
+from _common import CpuMeter, free_port, fresh_database, percentile, wait_for_port
 from depositd.clock import utcnow
 from depositd.config import DeliveryConfig, load_config
 from depositd.db import tables
@@ -216,15 +215,7 @@ def receiver_process() -> Iterator[Receiver]:
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-receiver", str(port)]
     with subprocess.Popen(command, stdin=subprocess.DEVNULL) as process:  # noqa: S603 - this file
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("the receiver did not start") from None
-                    time.sleep(0.05)
+            wait_for_port(port, process, "the receiver")
             yield Receiver(port, process.pid)
         finally:
             process.terminate()

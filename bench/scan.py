@@ -47,7 +47,6 @@ import pstats
 import random
 import re
 import resource
-import socket
 import subprocess
 import tempfile
 import time
@@ -64,7 +63,7 @@ from eth_utils.crypto import keccak
 from sqlalchemy import func, select
 
 import depositd
-from _common import CpuMeter, free_port, fresh_database, percentile
+from _common import CpuMeter, free_port, fresh_database, percentile, wait_for_port
 from depositd.chain.evm import ChainRange, ChainReader
 from depositd.chain.rpc import EvmRpc
 from depositd.config import ChainConfig
@@ -121,16 +120,8 @@ def anvil_node() -> Iterator[tuple[int, int]]:
     with subprocess.Popen(  # noqa: S603 - our own dev dependency
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ) as node:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or node.poll() is not None:
-                    raise RuntimeError("anvil did not start") from None
-                time.sleep(0.05)
         try:
+            wait_for_port(port, node, "anvil")
             yield port, node.pid
         finally:
             node.terminate()
