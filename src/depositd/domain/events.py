@@ -114,3 +114,18 @@ def order_expired_event(
         data=data,
         created_at=now,
     )
+
+
+def endpoint_event(
+    event_id: str, kind: str, merchant_id: str, endpoint_id: str, now: datetime, **data: Any
+) -> PendingEvent:
+    """An ``endpoint.<kind>`` event (``test``, ``disabled``) about one webhook endpoint."""
+    return PendingEvent(
+        id=event_id,
+        type=f"endpoint.{kind}",
+        merchant_id=merchant_id,
+        deposit_id=None,
+        version=None,
+        data={"endpoint_id": endpoint_id, **data},
+        created_at=now,
+    )

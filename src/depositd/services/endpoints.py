@@ -23,7 +23,7 @@ from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
 from depositd.delivery.signing import new_secret
 from depositd.delivery.ssrf import check_url
-from depositd.domain.events import EVENT_TYPES, PendingEvent
+from depositd.domain.events import EVENT_TYPES, endpoint_event
 from depositd.errors import Conflict, InputError, NotFound
 from depositd.ids import new_id
 
@@ -230,14 +230,8 @@ async def send_test_event(
                     " enable it to send it a test event"
                 )
             now = clock()
-            event = PendingEvent(
-                id=new_id("evt"),
-                type="endpoint.test",
-                merchant_id=merchant_id,
-                deposit_id=None,
-                version=None,
-                data={"endpoint_id": endpoint_id, "message": TEST_MESSAGE},
-                created_at=now,
+            event = endpoint_event(
+                new_id("evt"), "test", merchant_id, endpoint_id, now, message=TEST_MESSAGE
             )
             seq = await uow.endpoints.queue_test_event(endpoint_id, event, now)
             await uow.commit()

@@ -46,7 +46,7 @@ from depositd.delivery.retries import (
 )
 from depositd.delivery.signing import signature_headers
 from depositd.delivery.ssrf import UnsafeDestination
-from depositd.domain.events import PendingEvent
+from depositd.domain.events import PendingEvent, endpoint_event
 from depositd.ids import new_id
 from depositd.jsontext import dump_json
 from depositd.services.queries import Event
@@ -394,19 +394,15 @@ class Sender:
             )
             if reason is not None:
                 events.append(
-                    PendingEvent(
-                        id=new_id("evt"),
-                        type="endpoint.disabled",
-                        merchant_id=row.merchant_id,
-                        deposit_id=None,
-                        version=None,
-                        data={
-                            "endpoint_id": row.id,
-                            "url": row.url,
-                            "reason": reason,
-                            "disabled_at": now.isoformat(),
-                        },
-                        created_at=now,
+                    endpoint_event(
+                        new_id("evt"),
+                        "disabled",
+                        row.merchant_id,
+                        row.id,
+                        now,
+                        url=row.url,
+                        reason=reason,
+                        disabled_at=now.isoformat(),
                     )
                 )
         return events
