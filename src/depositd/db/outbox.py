@@ -36,6 +36,10 @@ from depositd.db.tables import (
 )
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+#: ``status = 'pending'`` with the value in the statement's text, not a parameter: only then
+#: may a generic plan (asyncpg prepares statements; PostgreSQL switches to a generic plan
+#: after five runs) use the partial indexes on pending rows
+_IS_PENDING = text("deliveries.status = 'pending'")
 
 # The PostgreSQL batch writes: one statement each, the batch as one array per column (an
 # executemany is a round of the protocol per row); parameters named after the dataclasses'
@@ -138,7 +142,7 @@ class DeliveryRepository:
         blocked = (
             exists()
             .where(
-                earlier.c.status == PENDING,
+                text("earlier.status = 'pending'"),
                 earlier.c.endpoint_id == deliveries.c.endpoint_id,
                 earlier.c.ordering_key == deliveries.c.ordering_key,
                 earlier.c.event_seq < deliveries.c.event_seq,
@@ -150,7 +154,7 @@ class DeliveryRepository:
             select(deliveries.c.id, deliveries.c.endpoint_id)
             .join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
             .where(
-                deliveries.c.status == PENDING,
+                _IS_PENDING,
                 deliveries.c.next_attempt_at <= now,
                 endpoints.c.disabled_at.is_(None),
                 or_(
