@@ -41,13 +41,13 @@ for correctness, only for speed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import structlog
 
+from depositd.clock import wait_set
 from depositd.db.engine import Database
 from depositd.db.notify import EventNotifications
 from depositd.services.observations import on_events_committed
@@ -165,8 +165,7 @@ class Subscription:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return []
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+            await wait_set(self._arrived, remaining)
 
 
 class EventHub:
@@ -241,8 +240,7 @@ class EventHub:
                     pass
             except Exception:  # the database is away: streams wait, the next round retries
                 log.exception("event_hub_read_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+            await wait_set(self._wake, self.settings.poll_seconds)
             self._wake.clear()
 
     async def _advance(self) -> bool:

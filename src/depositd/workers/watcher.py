@@ -43,7 +43,7 @@ import structlog
 from depositd.chain.evm import Block, ChainMoved, ChainRange, ChainReader, NativeTx, Receipt
 from depositd.chain.rpc import EvmRpc, RpcError
 from depositd.chain.transfers import Transfer, find_transfers, native_candidates
-from depositd.clock import utcnow
+from depositd.clock import utcnow, wait_set
 from depositd.config import ChainConfig
 from depositd.db.engine import Database
 from depositd.db.repositories import BlockRow
@@ -257,8 +257,7 @@ class ChainWatcher:
             )
 
     async def _wait_for_head(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new_head.wait(), self.config.poll_interval_seconds)
+        await wait_set(self._new_head, self.config.poll_interval_seconds)
         self._new_head.clear()
 
     async def _listen_for_heads(self, url: str) -> None:
