@@ -446,8 +446,8 @@ def _sql_literal(value: Any) -> str:
         return f"'{value.isoformat()}'"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, list | tuple):
-        return "ARRAY[" + ", ".join(_sql_literal(v) for v in value) + "]"
+    if isinstance(value, list | tuple):  # an array literal; its type comes from the statement
+        return "'{" + ",".join(f'"{v}"' for v in value) + "}'"
     return str(value)
 
 

@@ -21,7 +21,6 @@ that event again later, with the same ``webhook-id`` for the receiver to drop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from depositd.clock import utcnow
+from depositd.clock import utcnow, wait_set
 from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.db.outbox import DEAD, DELIVERED, PENDING, AttemptRow, DeliveryUpdate
@@ -99,9 +98,9 @@ class Sender:
         self._poll = poll_interval_seconds
         #: requests in flight per endpoint; an endpoint may hold only a share of the slots
         self._busy: Counter[str] = Counter()
-        #: claimed deliveries waiting for a slot, and how many of each endpoint's
-        self._queue: deque[tuple[_Job, datetime]] = deque()
-        self._queued: Counter[str] = Counter()
+        #: claimed deliveries waiting for a slot, per endpoint in claim order; the endpoints
+        #: in turn (one that was served goes to the back)
+        self._queues: dict[str, deque[tuple[_Job, datetime]]] = {}
         self._share = max(1, config.concurrency // 4)
         self._fast_share = max(self._share, config.concurrency - self._share)
         #: per endpoint: the smoothed latency (seconds) of its answers, None after a failure
@@ -110,11 +109,15 @@ class Sender:
         self._tasks: set[asyncio.Task[_Outcome]] = set()
         self._done: list[_Outcome] = []
         self._first_done_at: float | None = None
+        #: the outcomes being written down, beside the main loop (one write at a time)
+        self._recording: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         #: more may be due than the last claim found (news from a writer, or our own writes
         #: that let the next event of a deposit go); else claims wait for the poll interval
         self._news = True
         self._claimed_at = 0.0
+        #: endpoints the last claim stopped at their room: more of theirs may be due
+        self._capped: set[str] = set()
         #: a request task that failed unexpectedly (a bug): the main loop raises it
         self._crashed: BaseException | None = None
         self._closing = False
@@ -126,9 +129,10 @@ class Sender:
 
     async def close(self) -> None:
         self._closing = True
-        for task in list(self._tasks):
+        pending = [*self._tasks, *([self._recording] if self._recording else [])]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._poster.close()
 
     async def run(self) -> None:
@@ -139,7 +143,7 @@ class Sender:
                 if self._crashed is not None:
                     raise self._crashed
                 if self._record_due():
-                    await self._finish()  # first: its writes may let deposits' next events go
+                    self._start_recording()
                 claimed = await self._claim() if self._wants_more() else 0
                 launched = self._launch()
                 if not (claimed or launched or self._record_due()):
@@ -153,7 +157,7 @@ class Sender:
         while True:
             claimed = await self._claim()
             handled += claimed
-            while self._queue or self._tasks:
+            while self._queues or self._tasks:
                 self._launch()
                 if self._tasks:
                     await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
@@ -165,65 +169,85 @@ class Sender:
 
     # -- claiming and posting --------------------------------------------------------------
 
+    def _fast(self, endpoint_id: str) -> bool:
+        pace = self._pace.get(endpoint_id)
+        return pace is not None and pace < _FAST_SECONDS
+
     def _allowance(self, endpoint_id: str) -> int:
         """Requests an endpoint may have in flight: its share, more once it is seen fast."""
-        pace = self._pace.get(endpoint_id)
-        return self._fast_share if pace is not None and pace < _FAST_SECONDS else self._share
+        return self._fast_share if self._fast(endpoint_id) else self._share
+
+    def _reserve(self, endpoint_id: str) -> int:
+        """Deliveries an endpoint may have queued beyond its allowance, to keep its slots busy
+        between claims: a batch for a fast one (its queue drains in well under a second),
+        else as many as its allowance (a slow one's queue must not outlast the lease)."""
+        return self._config.batch_size if self._fast(endpoint_id) else self._allowance(endpoint_id)
+
+    def _room(self, endpoint_id: str) -> int:
+        """Deliveries the endpoint may have claimed beyond those it holds (in flight or
+        queued)."""
+        held = self._busy[endpoint_id] + len(self._queues.get(endpoint_id, ()))
+        return self._allowance(endpoint_id) + self._reserve(endpoint_id) - held
 
     def _wants_more(self) -> bool:
         """Claim when the queue runs short of deliveries that could go (those of endpoints
-        at their allowance wait for it: they count for nothing), and there may be some."""
-        ready = sum(n for e, n in self._queued.items() if self._busy[e] < self._allowance(e))
+        at their allowance wait for it: they count for nothing), and there may be some: news,
+        the poll interval passed, or an endpoint whose last claim stopped at its room has
+        used half of its reserve."""
+        ready = sum(len(q) for e, q in self._queues.items() if self._busy[e] < self._allowance(e))
         if ready >= max(1, self._config.batch_size // 2):
             return False
-        return self._news or time.monotonic() - self._claimed_at >= self._poll
+        if self._news or time.monotonic() - self._claimed_at >= self._poll:
+            return True
+        return any(self._room(e) >= max(1, self._reserve(e) // 2) for e in self._capped)
 
     async def _claim(self) -> int:
         """Claim a batch of due deliveries into the queue; how many."""
         now = self._clock()
         lease = now + timedelta(seconds=self._config.lease_seconds)
-        # an endpoint may have twice its allowance claimed (in flight or queued): enough to
-        # keep its slots busy between claims, not so many that its queue outlasts the lease
-        known = set(self._busy) | set(self._queued) | set(self._pace)
-        room = {e: 2 * self._allowance(e) - self._busy[e] - self._queued[e] for e in known}
+        known = set(self._busy) | set(self._queues) | set(self._pace)
+        room = {e: self._room(e) for e in known}
+        unknown_room = 2 * self._share
         async with UnitOfWork(self._db, write=True) as uow:
             rows = await uow.deliveries.claim(
-                now, lease, self._config.batch_size, room=room, room_per_endpoint=2 * self._share
+                now, lease, self._config.batch_size, room=room, room_per_endpoint=unknown_room
             )
             await uow.commit()
         self._claimed_at = time.monotonic()
-        # a full batch may have left more behind; a short one found all there was
+        # a full batch may have left more behind; a short one found all there was, but for
+        # the endpoints it stopped at their room
         self._news = len(rows) >= self._config.batch_size
+        taken: Counter[str] = Counter()
         for row in rows:
             job = _job(row, now)
-            self._queue.append((job, lease))
-            self._queued[job.endpoint_id] += 1
+            self._queues.setdefault(job.endpoint_id, deque()).append((job, lease))
+            taken[job.endpoint_id] += 1
+        self._capped = {e for e, n in taken.items() if n >= room.get(e, unknown_room)}
         return len(rows)
 
     def _launch(self) -> int:
-        """Post queued deliveries while slots are free, each within its endpoint's allowance
-        (one endpoint at its limit does not hold back the others in the queue)."""
+        """Post queued deliveries while slots are free, each endpoint within its allowance
+        (one endpoint at its limit does not hold back the others); the work is in the
+        endpoints looked at, not in the deliveries queued: this runs once per answer."""
         free = self._config.concurrency - len(self._tasks)
-        if free <= 0 or not self._queue:
-            return 0
-        launched, waiting = 0, []
-        while self._queue and launched < free:
-            job, lease = self._queue.popleft()
-            endpoint = job.endpoint_id
-            if self._busy[endpoint] >= self._allowance(endpoint):
-                waiting.append((job, lease))
+        launched = 0
+        for endpoint in list(self._queues):
+            if launched >= free:
+                break
+            room = min(self._allowance(endpoint) - self._busy[endpoint], free - launched)
+            if room <= 0:
                 continue
-            self._queued[endpoint] -= 1
-            if self._queued[endpoint] <= 0:
-                del self._queued[endpoint]
-            self._busy[endpoint] += 1
-            task = asyncio.create_task(self._deliver(job, lease))
-            self._tasks.add(task)
-            task.add_done_callback(self._on_done)
-            launched += 1
-        # those passed over go back in front, in their order (work in what was looked at, not
-        # in the queue's length: this runs once per finished request)
-        self._queue.extendleft(reversed(waiting))
+            jobs = self._queues.pop(endpoint)
+            count = min(room, len(jobs))
+            for _ in range(count):
+                job, lease = jobs.popleft()
+                task = asyncio.create_task(self._deliver(job, lease))
+                self._tasks.add(task)
+                task.add_done_callback(self._on_done)
+            self._busy[endpoint] += count
+            launched += count
+            if jobs:
+                self._queues[endpoint] = jobs  # served: to the back of the line
         return launched
 
     def _on_done(self, task: asyncio.Task[_Outcome]) -> None:
@@ -259,8 +283,8 @@ class Sender:
         self._pace[endpoint] = seconds if pace is None else 0.8 * pace + 0.2 * seconds
 
     def _record_due(self) -> bool:
-        """Whether the answers in hand should be written down now."""
-        if not self._done:
+        """Whether the answers in hand should be written down now (one write at a time)."""
+        if not self._done or self._recording is not None:
             return False
         if len(self._done) >= _RECORD_BATCH or not self._tasks:
             return True
@@ -269,12 +293,11 @@ class Sender:
 
     async def _idle(self) -> None:
         timeout = max(0.0, self._poll - (time.monotonic() - self._claimed_at))
-        if self._done and self._first_done_at is not None:
-            # wake in time to write down the answers in hand
+        if self._done and self._recording is None and self._first_done_at is not None:
+            # wake in time to write down the answers in hand (a write under way wakes us)
             waited = time.monotonic() - self._first_done_at
             timeout = max(0.0, min(timeout, _RECORD_WAIT_SECONDS - waited))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await wait_set(self._wake, timeout)
         self._wake.clear()
 
     async def _deliver(self, job: _Job, lease: datetime) -> _Outcome:
@@ -325,7 +348,29 @@ class Sender:
 
     # -- writing outcomes down -------------------------------------------------------------
 
+    def _start_recording(self) -> None:
+        """Write the answers in hand down beside the main loop, which goes on claiming and
+        posting meanwhile."""
+        done, self._done = self._done, []
+        self._first_done_at = None
+        self._recording = asyncio.create_task(self._record(done, self._clock()))
+        self._recording.add_done_callback(self._on_recorded)
+
+    def _on_recorded(self, task: asyncio.Task[None]) -> None:
+        self._recording = None
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:
+            self._crashed = error
+        self._news = True  # a deposit's next event may go now
+        self._wake.set()
+
     async def _finish(self) -> None:
+        """Write down every answer in hand, and wait for it."""
+        if self._recording is not None:
+            await asyncio.wait([self._recording])
+        if self._crashed is not None:
+            raise self._crashed
         done, self._done = self._done, []
         self._first_done_at = None
         if not done:
