@@ -1,17 +1,18 @@
 """The webhook sender: posts every outbox row to its endpoint until it is delivered (or dead).
 
 It keeps up to ``concurrency`` requests in flight. It claims due deliveries in batches into
-a queue of its own, ahead of need (a lease: ``next_attempt_at`` moves past the attempt, so
-a sender that dies leaves them to be claimed again when the lease ends), posts each one as
-a slot frees — signed, to the primary URL and then to each fallback URL until one answers
-2xx — and writes the outcomes down in batches (every ``_RECORD_BATCH`` answers, or
-``_RECORD_WAIT_SECONDS`` after the first unwritten one): the attempt log, the delivery's
-next attempt (full-jitter schedule, ``Retry-After`` honoured) or its end, and the
-endpoint's health. The database is met once per batch, not once per request.
+queues of its own, one per endpoint, ahead of need (a lease: ``next_attempt_at`` moves past
+the attempt, so a sender that dies leaves them to be claimed again when the lease ends),
+posts each one as a slot frees — signed, to the primary URL and then to each fallback URL
+until one answers 2xx — and, beside that, writes the outcomes down in batches (every
+``_RECORD_BATCH`` answers, or ``_RECORD_WAIT_SECONDS`` after the first unwritten one): the
+attempt log, the delivery's next attempt (full-jitter schedule, ``Retry-After`` honoured)
+or its end, and the endpoint's health. The database is met once per batch, not once per
+request.
 
 An endpoint may hold only a share of the slots (a quarter) until its answers show it fast
-(then three quarters), and its circuit opens after consecutive failures, so a dead or slow
-endpoint never holds up the others. A 410 disables the endpoint and emits
+(then all but a sixteenth, kept for the others), and its circuit opens after consecutive
+failures, so a dead or slow endpoint never holds up the others. A 410 disables the endpoint and emits
 ``endpoint.disabled``; so does failing without a single success for too long.
 
 Delivery is at least once: a sender killed between a receiver's 2xx and the write sends
@@ -102,7 +103,7 @@ class Sender:
         #: in turn (one that was served goes to the back)
         self._queues: dict[str, deque[tuple[_Job, datetime]]] = {}
         self._share = max(1, config.concurrency // 4)
-        self._fast_share = max(self._share, config.concurrency - self._share)
+        self._fast_share = max(self._share, config.concurrency - max(1, self._share // 4))
         #: per endpoint: the smoothed latency (seconds) of its answers, None after a failure
         self._pace: dict[str, float | None] = {}
         self._request_time = timedelta(seconds=config.total_timeout_seconds)
