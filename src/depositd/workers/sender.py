@@ -12,8 +12,8 @@ request.
 
 An endpoint may hold only a share of the slots (a quarter) until its answers show it fast
 (then all but a sixteenth, kept for the others), and its circuit opens after consecutive
-failures, so a dead or slow endpoint never holds up the others. A 410 disables the endpoint and emits
-``endpoint.disabled``; so does failing without a single success for too long.
+failures, so a dead or slow endpoint never holds up the others. A 410 disables the endpoint
+and emits ``endpoint.disabled``; so does failing without a single success for too long.
 
 Delivery is at least once: a sender killed between a receiver's 2xx and the write sends
 that event again later, with the same ``webhook-id`` for the receiver to drop.
@@ -144,7 +144,12 @@ class Sender:
                 if self._crashed is not None:
                     raise self._crashed
                 if self._record_due():
-                    self._start_recording()
+                    if self._db.is_sqlite:
+                        # one writer connection: nothing to overlap, and back-to-back claims
+                        # would keep taking it from a write waiting beside them
+                        await self._finish()
+                    else:
+                        self._start_recording()
                 claimed = await self._claim() if self._wants_more() else 0
                 launched = self._launch()
                 if not (claimed or launched or self._record_due()):
