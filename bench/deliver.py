@@ -91,6 +91,7 @@ from depositd.services import endpoints, merchants, users
 from depositd.services.group_commit import Recorder
 from depositd.services.observations import on_events_committed, record_observations
 from depositd.services.queries import Event
+from depositd.workers import sender as sender_module
 from depositd.workers.sender import Sender
 
 CHAIN = "anvil"
@@ -455,12 +456,13 @@ class SenderLoop:
 
     @contextlib.contextmanager
     def clock_statements(self) -> Iterator[None]:
-        """Time the claim and record statements (DeliveryRepository, for every sender)."""
-        claim, record = DeliveryRepository.claim, DeliveryRepository.record
+        """Time the claim and record statements (the sender's claim_due and
+        DeliveryRepository.record, for every sender)."""
+        claim, record = sender_module.claim_due, DeliveryRepository.record
 
-        async def timed_claim(repo: DeliveryRepository, *args: Any, **kwargs: Any) -> Any:
+        async def timed_claim(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
-            rows = await claim(repo, *args, **kwargs)
+            rows = await claim(*args, **kwargs)
             self.seconds["  of which the claim statements"] += time.perf_counter() - started
             self.claims += 1
             self.empty_claims += not rows
@@ -472,12 +474,12 @@ class SenderLoop:
             await record(repo, *args, **kwargs)
             self.seconds["  of which the record statements"] += time.perf_counter() - started
 
-        DeliveryRepository.claim = timed_claim  # type: ignore[method-assign]
+        sender_module.claim_due = timed_claim
         DeliveryRepository.record = timed_record  # type: ignore[method-assign]
         try:
             yield
         finally:
-            DeliveryRepository.claim = claim  # type: ignore[method-assign]
+            sender_module.claim_due = claim
             DeliveryRepository.record = record  # type: ignore[method-assign]
 
     def split(self, total: float) -> list[str]:

@@ -27,7 +27,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import aiohttp
 import structlog
@@ -35,7 +34,15 @@ import structlog
 from depositd.clock import utcnow, wait_set
 from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
-from depositd.db.outbox import DEAD, DELIVERED, PENDING, AttemptRow, DeliveryUpdate
+from depositd.db.outbox import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    AttemptRow,
+    Claimed,
+    DeliveryUpdate,
+    claim_due,
+)
 from depositd.db.uow import UnitOfWork
 from depositd.delivery.poster import Poster
 from depositd.delivery.retries import (
@@ -214,11 +221,9 @@ class Sender:
         known = set(self._busy) | set(self._queues) | set(self._pace)
         room = {e: self._room(e) for e in known}
         unknown_room = 2 * self._share
-        async with UnitOfWork(self._db, write=True) as uow:
-            rows = await uow.deliveries.claim(
-                now, lease, self._config.batch_size, room=room, room_per_endpoint=unknown_room
-            )
-            await uow.commit()
+        rows = await claim_due(
+            self._db, now, lease, self._config.batch_size, room=room, room_per_endpoint=unknown_room
+        )
         self._claimed_at = time.monotonic()
         # a full batch may have left more behind; a short one found all there was, but for
         # the endpoints it stopped at their room
@@ -459,7 +464,7 @@ class Sender:
         return events
 
 
-def _job(row: Any, now: datetime) -> _Job:
+def _job(row: Claimed, now: datetime) -> _Job:
     secrets = [row.secret]
     if row.previous_secret and row.previous_secret_until and row.previous_secret_until > now:
         secrets.append(row.previous_secret)
