@@ -36,10 +36,6 @@ from depositd.db.tables import (
 )
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-#: ``status = 'pending'`` with the value in the statement's text, not a parameter: only then
-#: may a generic plan (asyncpg prepares statements; PostgreSQL switches to a generic plan
-#: after five runs) use the partial indexes on pending rows
-_IS_PENDING = text("deliveries.status = 'pending'")
 
 # The PostgreSQL batch writes: one statement each, the batch as one array per column (an
 # executemany is a round of the protocol per row); parameters named after the dataclasses'
