@@ -1,0 +1,1 @@
+"""Inbound callbacks from upstream providers: their signature schemes and payload mapping."""
