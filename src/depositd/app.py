@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from depositd import __version__
-from depositd.api import deliveries, endpoints, problems, ws
+from depositd.api import callbacks, deliveries, endpoints, problems, ws
 from depositd.api.deps import AppContext
 from depositd.api.limits import BodySizeLimit
 from depositd.api.routes import router
@@ -18,6 +19,7 @@ from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
+from depositd.services.callbacks import providers_from
 from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
 
@@ -68,6 +70,12 @@ def create_app(
         recorder=Recorder(database, assets),
         chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
         delivery=config.delivery,
+        providers=providers_from(config),
+        process_callbacks_inline=config.callbacks.process_inline,
+        trusted_proxies=tuple(
+            ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
+        ),
+        max_body_bytes=config.server.max_body_bytes,
     )
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)
@@ -76,6 +84,7 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(endpoints.router)
     app.include_router(deliveries.router)
+    app.include_router(callbacks.router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -100,5 +109,7 @@ def create_app(
             {"status": "ok", "watchers": {n: w.status.as_dict() for n, w in watchers.items()}}
         )
 
-    app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=config.server.max_body_bytes, exempt_prefix=callbacks.PREFIX
+    )
     return app

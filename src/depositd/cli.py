@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="run the background workers without the API",
         description="Run the chain watcher of every chain with an rpc_url, the webhook"
-        " sender and the deposit order expiry sweeper, until stopped (SIGTERM or Ctrl-C).",
+        " sender, the deposit order expiry sweeper and the sweep of stored provider callbacks,"
+        " until stopped (SIGTERM or Ctrl-C).",
     )
     worker.add_argument(
         "--only",

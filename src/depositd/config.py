@@ -16,8 +16,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from depositd.domain.assets import Asset, AssetBook, ConfirmationTier
+from depositd.domain.deposits import ProviderStatus
 from depositd.domain.money import parse_amount
 from depositd.errors import ConfigError, InvalidAmount
+from depositd.providers.schemes import SchemeSettings, SignatureScheme
 
 ENV_PREFIX = "DEPOSITD_"
 
@@ -44,11 +46,26 @@ class DatabaseConfig(_Section):
         return url
 
 
+def _check_networks(networks: list[str]) -> list[str]:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP address or network") from None
+    return networks
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     #: requests with a larger body are refused with 413
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    #: reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` is believed:
+    #: a request from one of them comes from the last address in that header not itself a
+    #: trusted proxy. Empty: the peer address is the source, whatever the headers say.
+    trusted_proxies: list[str] = []
+
+    _proxies = field_validator("trusted_proxies")(_check_networks)
 
 
 class ChainConfig(_Section):
@@ -88,15 +105,7 @@ class DeliveryConfig(_Section):
     #: (loopback, private, link-local, metadata, ...) is refused at connect time
     allow_networks: list[str] = []
 
-    @field_validator("allow_networks")
-    @classmethod
-    def _networks(cls, networks: list[str]) -> list[str]:
-        for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not an IP address or network") from None
-        return networks
+    _networks = field_validator("allow_networks")(_check_networks)
 
     #: a PEM file of extra certificate authorities to trust (certificates are always verified)
     ca_bundle: Path | None = None
@@ -137,6 +146,124 @@ class AssetConfig(_Section):
     tiers: list[TierConfig] = []
 
 
+class AckConfig(_Section):
+    """The answer a provider expects once its callback is safely stored."""
+
+    status: int = Field(200, ge=200, le=299)
+    body: str = '{"ok":true}'
+    content_type: str = "application/json"
+
+
+class PayloadMapping(_Section):
+    """Where a provider's callback body keeps each fact: JSON pointers (RFC 6901, ``/a/b``)."""
+
+    #: the provider's id for this message; without one, the signature scheme's message id
+    #: (Standard Webhooks' ``webhook-id``), else the deposit id and status together
+    event_id: str | None = None
+    #: the provider's id for the deposit (the same across its status updates)
+    deposit_id: str
+    #: your id for the user (``external_id``)
+    user: str
+    asset: str
+    amount: str
+    status: str
+    confirmations: str | None = None
+    tx_hash: str | None = None
+    #: "decimal": amounts in the asset's units ("12.5"); "base": integers in base units
+    amount_unit: Literal["decimal", "base"] = "decimal"
+    #: the provider's asset names mapped to our asset codes (unlisted names are used as is)
+    assets: dict[str, str] = {}
+    #: the provider's status values mapped to ours; a value not listed is refused
+    statuses: dict[str, ProviderStatus]
+
+    @field_validator("event_id", "deposit_id", "user", "asset", "amount", "status",
+                     "confirmations", "tx_hash")  # fmt: skip
+    @classmethod
+    def _pointer(cls, pointer: str | None) -> str | None:
+        if pointer is not None and not pointer.startswith("/"):
+            raise ValueError(f"{pointer!r} is not a JSON pointer (it starts with '/')")
+        return pointer
+
+
+class ProviderConfig(_Section):
+    """An upstream provider that posts deposit callbacks to ``/v1/callbacks/<name>``."""
+
+    #: the merchant whose users the provider's deposits belong to
+    merchant: str = Field(min_length=1)
+    scheme: SignatureScheme
+    #: the shared secrets, several while one is rotated: only from the environment
+    #: (``DEPOSITD_PROVIDERS__<NAME>__SECRETS``, comma-separated) or ``secrets_file``
+    secrets: list[str] = []
+    #: a file with one secret per line; wins over ``secrets``
+    secrets_file: Path | None = None
+    #: addresses or CIDR networks callbacks may come from; empty: anywhere
+    allowed_ips: list[str] = []
+    #: how far a signed timestamp may be from our clock
+    tolerance_seconds: int = Field(300, ge=1, le=86_400)
+    #: hmac_sha256 / hmac_sha512: the header with the signature, and its encoding
+    signature_header: str = "x-signature"
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    #: md5_sign: the body field with the signature
+    sign_field: str = "sign"
+    #: larger callbacks are refused (and kept, cut to this size, for audit)
+    max_body_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024)
+    ack: AckConfig = AckConfig()
+    mapping: PayloadMapping
+
+    _ips = field_validator("allowed_ips")(_check_networks)
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split(cls, secrets: Any) -> Any:
+        if isinstance(secrets, str):  # from the environment
+            return [part.strip() for part in secrets.split(",") if part.strip()]
+        return secrets
+
+    def shared_secrets(self, name: str) -> tuple[str, ...]:
+        if self.secrets_file is not None:
+            try:
+                lines = self.secrets_file.read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"providers.{name}.secrets_file: cannot read it ({exc.strerror})"
+                ) from exc
+            secrets = tuple(line.strip() for line in lines if line.strip())
+        else:
+            secrets = tuple(self.secrets)
+        if not secrets:
+            raise ConfigError(
+                f"providers.{name}: no secret; set DEPOSITD_PROVIDERS__{name.upper()}__SECRETS"
+                " or secrets_file"
+            )
+        return secrets
+
+    def signature(self, name: str) -> SchemeSettings:
+        """How this provider's callbacks are verified (``ConfigError`` for an unusable secret)."""
+        try:
+            return SchemeSettings(
+                scheme=self.scheme,
+                secrets=self.shared_secrets(name),
+                tolerance_seconds=self.tolerance_seconds,
+                header=self.signature_header.lower(),
+                encoding=self.signature_encoding,
+                sign_field=self.sign_field,
+            )
+        except ValueError as exc:  # its message names the secret by position, never its value
+            raise ConfigError(f"providers.{name}.secrets: {exc}") from None
+
+
+class CallbacksConfig(_Section):
+    """Processing of stored inbound callbacks."""
+
+    #: record a callback's deposit right after acknowledging it; false leaves every callback
+    #: to the workers' sweep (API replicas that only ingest)
+    process_inline: bool = True
+    #: how often the workers look for stored callbacks not yet processed, and how old one
+    #: must be before they take it (younger ones are still being processed inline)
+    sweep_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    sweep_after_seconds: float = Field(10.0, ge=0, le=3600)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database: DatabaseConfig = DatabaseConfig()
@@ -144,6 +271,8 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     chains: dict[str, ChainConfig] = {}
     assets: list[AssetConfig] = []
+    providers: dict[str, ProviderConfig] = {}
+    callbacks: CallbacksConfig = CallbacksConfig()
 
     def database_url(self) -> str:
         if self.database.url_file is not None:
@@ -218,7 +347,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {source}: {exc}") from None
-    _refuse_secrets_in_file(raw)
+    _refuse_secrets_in_file(raw, source)
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX) and name != f"{ENV_PREFIX}CONFIG":
             _override(raw, name, value)
@@ -226,7 +355,14 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
-    config.asset_book()  # amounts, chains and the URL file are checked now, not on first use
+    book = config.asset_book()  # amounts, chains and files are checked now, not on first use
+    for name, provider in config.providers.items():
+        if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
+            raise ConfigError(f"providers.{name}: use 1-40 of a-z, 0-9 and _ in the name")
+        provider.signature(name)
+        for theirs, ours in provider.mapping.assets.items():
+            if ours not in book:
+                raise ConfigError(f"providers.{name}.mapping.assets.{theirs}: no asset {ours!r}")
     if config.database.url_file is not None:
         try:
             DatabaseConfig(url=config.database_url())
@@ -237,7 +373,14 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return config
 
 
-def _refuse_secrets_in_file(raw: Mapping[str, Any]) -> None:
+def _refuse_secrets_in_file(raw: Mapping[str, Any], source: str) -> None:
+    providers = raw.get("providers")
+    for name, provider in providers.items() if isinstance(providers, dict) else ():
+        if isinstance(provider, dict) and provider.get("secrets"):
+            raise ConfigError(
+                f"providers.{name}.secrets: secrets do not belong in the config file ({source});"
+                f" set DEPOSITD_PROVIDERS__{name.upper()}__SECRETS or secrets_file"
+            )
     database = raw.get("database")
     url = database.get("url") if isinstance(database, dict) else None
     if isinstance(url, str):
@@ -267,13 +410,19 @@ def _override(raw: dict[str, Any], name: str, value: str) -> None:
 
 #: keys whose values may hold a secret, so an error about them never repeats the value
 _SECRET_KEYS = frozenset({"database.url", "database.url_file"})
+_SECRET_PARTS = frozenset({"secrets", "secrets_file"})
 
 
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"]) or "config"
     given = error.get("input")
-    hidden = key in _SECRET_KEYS or isinstance(given, dict | list) or given is None
+    hidden = (
+        key in _SECRET_KEYS
+        or _SECRET_PARTS.intersection(str(part) for part in error["loc"])
+        or isinstance(given, dict | list)
+        or given is None
+    )
     shown = "" if hidden else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{key}: {error['msg']}{shown}{more}"

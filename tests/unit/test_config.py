@@ -290,3 +290,79 @@ def test_a_chain_node_url_must_be_http_and_the_start_block_a_number_or_latest() 
     assert started.chains["anvil"].start_block == "latest"
     numbered = load_config(environ={"DEPOSITD_CHAINS__ANVIL__START_BLOCK": "1200"})
     assert numbered.chains["anvil"].start_block == 1200
+
+
+PROVIDER = """
+[providers.custody]
+merchant = "mer_1"
+scheme = "hmac_sha256"
+allowed_ips = ["203.0.113.0/24"]
+ack = { body = "success", content_type = "text/plain" }
+
+[providers.custody.mapping]
+deposit_id = "/id"
+user = "/user"
+asset = "/coin"
+amount = "/amount"
+status = "/status"
+assets = { "usdt" = "USDT" }
+statuses = { done = "succeeded", failed = "failed" }
+"""
+PROVIDER_SECRET = {"DEPOSITD_PROVIDERS__CUSTODY__SECRETS": "new-secret, old-secret"}
+
+
+def test_a_provider_loads_with_its_secrets_from_the_environment(write: WriteConfig) -> None:
+    config = load_config(write(CHAINS + USDT_ASSET + PROVIDER), PROVIDER_SECRET)
+    custody = config.providers["custody"]
+    assert custody.shared_secrets("custody") == ("new-secret", "old-secret")
+    assert custody.ack.body == "success"
+    assert custody.ack.status == 200
+    assert custody.mapping.statuses["done"] == "succeeded"
+
+
+def test_provider_secrets_can_come_from_a_file(write: WriteConfig, tmp_path: Path) -> None:
+    secrets = tmp_path / "custody.secrets"
+    secrets.write_text("one\n\ntwo\n")
+    text = PROVIDER.replace(
+        'scheme = "hmac_sha256"', f'scheme = "hmac_sha256"\nsecrets_file = "{secrets}"'
+    )
+    config = load_config(write(CHAINS + USDT_ASSET + text), {})
+    assert config.providers["custody"].shared_secrets("custody") == ("one", "two")
+
+
+def test_provider_secrets_in_the_config_file_are_refused(write: WriteConfig) -> None:
+    text = PROVIDER.replace(
+        'scheme = "hmac_sha256"', 'scheme = "hmac_sha256"\nsecrets = ["s3cr3t"]'
+    )
+    message = _refused(write(CHAINS + USDT_ASSET + text))
+    assert message.startswith("providers.custody.secrets: secrets do not belong in the config")
+    assert "s3cr3t" not in message
+
+
+def test_a_provider_without_a_secret_is_refused(write: WriteConfig) -> None:
+    message = _refused(write(CHAINS + USDT_ASSET + PROVIDER))
+    assert message.startswith("providers.custody: no secret; set DEPOSITD_PROVIDERS__CUSTODY__")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('deposit_id = "/id"', 'deposit_id = "id"'), "providers.custody.mapping.deposit_id"),
+        (('"usdt" = "USDT"', '"usdt" = "DOGE"'), "providers.custody.mapping.assets.usdt"),
+        (('done = "succeeded"', 'done = "paid"'), "providers.custody.mapping.statuses.done"),
+        (('scheme = "hmac_sha256"', 'scheme = "md4"'), "providers.custody.scheme"),
+        (('["203.0.113.0/24"]', '["203.0.113.0/99"]'), "providers.custody.allowed_ips"),
+    ],
+)
+def test_a_bad_provider_setting_is_refused_by_name(
+    write: WriteConfig, change: tuple[str, str], expected: str
+) -> None:
+    text = CHAINS + USDT_ASSET + PROVIDER.replace(*change)
+    assert _refused(write(text), PROVIDER_SECRET).startswith(expected)
+
+
+def test_a_provider_name_that_cannot_be_an_environment_key_is_refused(
+    write: WriteConfig,
+) -> None:
+    text = CHAINS + USDT_ASSET + PROVIDER.replace("providers.custody", "providers.Cust-ody")
+    assert _refused(write(text)).startswith("providers.Cust-ody: use 1-40 of a-z, 0-9 and _")

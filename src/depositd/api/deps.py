@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -13,6 +13,7 @@ from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
+from depositd.services.callbacks import IpNetwork, Provider
 from depositd.services.group_commit import Recorder
 from depositd.services.merchants import authenticate
 
@@ -28,6 +29,14 @@ class AppContext:
     chain_ids: Mapping[str, int]
     #: outbound webhook policy (which endpoint URLs are allowed, secret rotation grace)
     delivery: DeliveryConfig
+    #: upstream providers that post deposit callbacks, by name
+    providers: Mapping[str, Provider] = field(default_factory=dict)
+    #: record an accepted callback's claim right after acknowledging it (else: the sweep)
+    process_callbacks_inline: bool = True
+    #: reverse proxies whose X-Forwarded-For names the real source
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    #: the request body limit (inbound callbacks: of an unknown provider)
+    max_body_bytes: int = 65536
 
 
 def context(request: Request) -> AppContext:

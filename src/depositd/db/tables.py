@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -354,4 +355,57 @@ chain_blocks = Table(
     Column("number", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", String(66), nullable=False),
     Column("parent_hash", String(66), nullable=False),
+)
+
+#: every request to ``/v1/callbacks/<provider>``, stored before anything else is done with it:
+#: accepted, rejected (with the reason) or a replay of an accepted one — kept for audit
+inbound_callbacks = Table(
+    "inbound_callbacks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    #: the provider named in the URL (cut to 60 characters: it may be anything)
+    Column("provider", String(60), nullable=False),
+    #: the merchant the provider is configured for; NULL when the provider is unknown
+    Column("merchant_id", String(40), nullable=True),
+    _ts("received_at"),
+    Column("source_ip", String(64), nullable=False),
+    #: the request headers, minus credentials (Authorization, Cookie)
+    Column("headers", JSON, nullable=False),
+    #: the raw body, byte for byte (cut to the provider's limit when it was larger)
+    Column("body", LargeBinary, nullable=False),
+    Column("body_bytes", Integer, nullable=False),
+    #: ``accepted``, ``rejected`` or ``replayed`` (an accepted event id seen again)
+    Column("outcome", String(20), nullable=False),
+    #: why it was rejected: a stable code and one readable line
+    Column("rejection_code", String(40), nullable=True),
+    Column("rejection", String(300), nullable=True),
+    #: the provider's id for this message (accepted and replayed ones)
+    Column("event_id", String(200), nullable=True),
+    #: a replayed callback's accepted original
+    Column("replay_of", String(40), nullable=True),
+    #: what the accepted callback claims (``ProviderClaim.as_dict``)
+    Column("claim", JSON, nullable=True),
+    #: processing of an accepted callback: when it was recorded, the deposit, what happened
+    _ts("processed_at", nullable=True),
+    Column("deposit_id", String(40), nullable=True),
+    Column("result", String(60), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", String(300), nullable=True),
+    #: one accepted callback per provider event: a replay is stored as ``replayed``
+    Index(
+        "uq_inbound_callbacks_event",
+        "provider",
+        "event_id",
+        unique=True,
+        postgresql_where=text("outcome = 'accepted'"),
+        sqlite_where=text("outcome = 'accepted'"),
+    ),
+    #: the sweep's accepted callbacks not yet processed
+    Index(
+        "ix_inbound_callbacks_unprocessed",
+        "received_at",
+        postgresql_where=text("outcome = 'accepted' AND processed_at IS NULL"),
+        sqlite_where=text("outcome = 'accepted' AND processed_at IS NULL"),
+    ),
+    Index(None, "merchant_id", "received_at"),
 )

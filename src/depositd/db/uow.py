@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from depositd.db.callbacks import CallbackRepository
 from depositd.db.engine import Database
 from depositd.db.outbox import DeliveryRepository
 from depositd.db.repositories import (
@@ -50,6 +51,7 @@ class UnitOfWork:
         self.orders = OrderRepository(conn)
         self.chains = ChainRepository(conn)
         self.deliveries = DeliveryRepository(conn)
+        self.callbacks = CallbackRepository(conn)
         return self
 
     async def commit(self) -> None:

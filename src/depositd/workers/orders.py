@@ -18,7 +18,7 @@ from depositd.services.orders import expire_due_orders
 log = structlog.get_logger("depositd.orders")
 
 #: failures of the database or the connection to it, which the next tick may not meet
-_DATABASE_TROUBLE = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+DATABASE_TROUBLE = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 async def expire_orders_forever(
@@ -39,7 +39,7 @@ async def expire_orders_forever(
         while True:
             try:
                 expired = await expire_due_orders(db, assets, clock())
-            except _DATABASE_TROUBLE as exc:
+            except DATABASE_TROUBLE as exc:
                 log.warning(
                     "order expiry sweep failed; trying again next tick",
                     error=f"{type(exc).__name__}: {exc}",

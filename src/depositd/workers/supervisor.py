@@ -16,6 +16,7 @@ from depositd.domain.assets import AssetBook
 from depositd.services.observations import on_events_committed
 from depositd.workers import ROLES
 from depositd.workers.backoff import Backoff
+from depositd.workers.callbacks import sweep_callbacks_forever
 from depositd.workers.orders import expire_orders_forever
 from depositd.workers.sender import Sender
 from depositd.workers.watcher import ChainWatcher
@@ -61,7 +62,7 @@ class Supervisor:
 
 class Workers:
     """Every background loop the configuration asks for: a watcher per chain with a node
-    URL, the webhook sender, and the deposit order expiry sweeper."""
+    URL, the webhook sender, the deposit order expiry sweeper and the callback sweep."""
 
     def __init__(
         self,
@@ -90,6 +91,11 @@ class Workers:
         if "order-expiry" in self.roles:
             self._supervisor.start(
                 "order-expiry", lambda: expire_orders_forever(self._db, self._assets)
+            )
+        if "callbacks" in self.roles:
+            self._supervisor.start(
+                "callbacks",
+                lambda: sweep_callbacks_forever(self._db, self._assets, self._config.callbacks),
             )
 
     async def _send(self) -> None:

@@ -1,0 +1,320 @@
+"""Inbound provider callbacks: check, store before anything else, then record through the engine.
+
+A request to ``/v1/callbacks/<provider>`` is stored, whatever it is, before it is answered:
+rejected ones with the reason (for audit; they change nothing), accepted ones with what they
+claim. Only once that row is committed does the provider get its acknowledgement, so an
+acknowledged callback is never lost. Recording the claim comes after, through the same entry
+point as every other source (``Recorder``): right away in the process that received it, and
+by the workers' sweep for any that a crash or an outage left behind. Recording is idempotent
+on the provider's deposit id, and an event id accepted before is stored as a replay of it and
+answered the same, so a provider retrying or replaying never causes a second effect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from depositd.clock import utcnow
+from depositd.config import AckConfig, Config, PayloadMapping
+from depositd.db.callbacks import Received, Unprocessed
+from depositd.db.engine import Database
+from depositd.db.transient import retry_transient
+from depositd.db.uow import UnitOfWork
+from depositd.domain.assets import AssetBook
+from depositd.errors import InputError
+from depositd.ids import new_id
+from depositd.providers.mapping import PayloadRejected, ProviderClaim, read_claim
+from depositd.providers.schemes import SchemeSettings, SignatureRejected, verify_signature
+from depositd.services.group_commit import Recorder
+
+log = structlog.get_logger("depositd.callbacks")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: headers never stored with a callback
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+#: longest provider name kept from a URL
+_PROVIDER_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A configured upstream provider, ready to check its requests."""
+
+    name: str
+    merchant_id: str
+    signature: SchemeSettings
+    #: empty: any source address
+    allowed: tuple[IpNetwork, ...]
+    max_body_bytes: int
+    ack: AckConfig
+    mapping: PayloadMapping
+
+
+def providers_from(config: Config) -> dict[str, Provider]:
+    providers = {}
+    for name, cfg in config.providers.items():
+        providers[name] = Provider(
+            name=name,
+            merchant_id=cfg.merchant,
+            signature=cfg.signature(name),
+            allowed=tuple(ipaddress.ip_network(n, strict=False) for n in cfg.allowed_ips),
+            max_body_bytes=cfg.max_body_bytes,
+            ack=cfg.ack,
+            mapping=cfg.mapping,
+        )
+        if cfg.scheme.weak:
+            log.warning(
+                "provider signs callbacks with a weak scheme (MD5); prefer an HMAC scheme",
+                provider=name,
+                scheme=cfg.scheme.value,
+            )
+    return providers
+
+
+class CallbackRejected(InputError):
+    """A callback we stored but will not act on; ``code`` is stable, ``status`` the answer."""
+
+    def __init__(self, status: int, code: str, reason: str, callback_id: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.callback_id = status, code, callback_id
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """A callback stored as accepted (or as a replay of one): answer with ``ack``."""
+
+    callback_id: str
+    provider: Provider
+    #: the accepted callback this one repeats, or None
+    replay_of: str | None
+
+    @property
+    def ack(self) -> AckConfig:
+        return self.provider.ack
+
+
+@dataclass(frozen=True)
+class Request:
+    """A callback request as the API layer saw it."""
+
+    provider: str
+    source_ip: str
+    #: lower-case names
+    headers: Mapping[str, str]
+    #: the body, or its first bytes when it was larger than allowed
+    body: bytes
+    #: how large the body was (or said it was)
+    body_bytes: int
+
+
+async def receive_callback(
+    db: Database,
+    providers: Mapping[str, Provider],
+    assets: AssetBook,
+    request: Request,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> Acknowledged:
+    """Check ``request``, store it, and say how to answer; raises ``CallbackRejected``
+    (after storing the request) when it must not be acted on."""
+    now = clock()
+    provider = providers.get(request.provider)
+    received = Received(
+        id=new_id("cbk"),
+        provider=request.provider[:_PROVIDER_CHARS],
+        merchant_id=provider.merchant_id if provider is not None else None,
+        received_at=now,
+        source_ip=request.source_ip,
+        headers={k: v for k, v in request.headers.items() if k not in _CREDENTIAL_HEADERS},
+        body=request.body,
+        body_bytes=request.body_bytes,
+    )
+    try:
+        if provider is None:
+            raise _Refusal(404, "unknown_provider", f"no provider {request.provider!r}")
+        claim = _check(provider, assets, request, now)
+    except _Refusal as refusal:
+        await _store_rejected(db, received, refusal)
+        log.warning(
+            "callback rejected",
+            provider=received.provider,
+            callback_id=received.id,
+            code=refusal.code,
+            reason=refusal.reason,
+            source_ip=request.source_ip,
+        )
+        raise CallbackRejected(refusal.status, refusal.code, refusal.reason, received.id) from None
+    replay_of = await _store_accepted(db, received, claim)
+    if replay_of is not None:
+        log.info(
+            "callback replayed",
+            provider=provider.name,
+            callback_id=received.id,
+            replay_of=replay_of,
+            event_id=claim.event_id,
+        )
+    return Acknowledged(received.id, provider, replay_of)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+
+
+def _check(provider: Provider, assets: AssetBook, request: Request, now: datetime) -> ProviderClaim:
+    if provider.allowed and not address_within(request.source_ip, provider.allowed):
+        raise _Refusal(
+            403, "source_ip_not_allowed", f"{request.source_ip} is not an allowed source address"
+        )
+    if request.body_bytes > provider.max_body_bytes:
+        raise _Refusal(
+            413,
+            "body_too_large",
+            f"the body has {request.body_bytes} bytes, more than the {provider.max_body_bytes}"
+            " allowed",
+        )
+    try:
+        verified = verify_signature(
+            provider.signature, request.headers, request.body, now.timestamp()
+        )
+    except SignatureRejected as exc:
+        status = 400 if exc.code == "body_not_json" else 401
+        raise _Refusal(status, exc.code, str(exc)) from None
+    try:
+        body = json.loads(request.body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refusal(400, "malformed_json", "the body is not valid JSON") from None
+    try:
+        return read_claim(provider.mapping, assets, body, verified.message_id)
+    except PayloadRejected as exc:
+        raise _Refusal(422, exc.code, str(exc)) from None
+
+
+def address_within(address: str, networks: Sequence[IpNetwork]) -> bool:
+    """Whether ``address`` (text, maybe not an address at all) is in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+async def _store_rejected(db: Database, received: Received, refusal: _Refusal) -> None:
+    async def store() -> None:
+        async with UnitOfWork(db, write=True) as uow:
+            await uow.callbacks.add_rejected(received, refusal.code, refusal.reason)
+            await uow.commit()
+
+    await retry_transient(store)
+
+
+async def _store_accepted(db: Database, received: Received, claim: ProviderClaim) -> str | None:
+    async def store() -> str | None:
+        async with UnitOfWork(db, write=True) as uow:
+            original = await uow.callbacks.add_accepted(received, claim.event_id, claim.as_dict())
+            await uow.commit()
+            return original
+
+    try:
+        return await retry_transient(store)
+    except IntegrityError:
+        # the same event id was accepted by a concurrent request: this one is its replay
+        return await retry_transient(store)
+
+
+@dataclass(frozen=True)
+class Processed:
+    callback_id: str
+    deposit_id: str | None
+    #: the deposit's status after recording, ``unchanged``, or why it could not be recorded
+    result: str
+
+
+async def process_callbacks(
+    db: Database,
+    recorder: Recorder,
+    *,
+    ids: list[str] | None = None,
+    older_than: timedelta = timedelta(0),
+    limit: int = 500,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[Processed]:
+    """Record the claims of accepted callbacks not yet processed (``ids``, or all received
+    more than ``older_than`` ago), each through the engine, and mark them processed.
+
+    A claim the engine refuses (an unknown user, an amount that contradicts the deposit) is
+    marked processed with the reason: retrying cannot change it. A database failure leaves the
+    callback queued for the next sweep.
+    """
+    async with UnitOfWork(db, write=False) as uow:
+        queued = await uow.callbacks.unprocessed(clock() - older_than, limit, ids=ids)
+    done = []
+    for callback in queued:
+        processed = await _process(db, recorder, callback, clock)
+        if processed is not None:
+            done.append(processed)
+    return done
+
+
+async def _process(
+    db: Database, recorder: Recorder, callback: Unprocessed, clock: Callable[[], datetime]
+) -> Processed | None:
+    claim = ProviderClaim.from_dict(callback.claim)
+    observation = claim.observation(callback.merchant_id, callback.provider)
+    deposit_id: str | None = None
+    try:
+        recorded = await recorder.record(observation)
+    except InputError as exc:
+        result = exc.slug
+        log.warning(
+            "callback claim not recorded",
+            callback_id=callback.id,
+            provider=callback.provider,
+            reason=str(exc),
+        )
+    except Exception as exc:  # the database, mostly: the sweep tries again
+        log.warning(
+            "callback processing failed; the sweep will try again",
+            callback_id=callback.id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        await _mark_failed(db, callback.id, f"{type(exc).__name__}: {exc}")
+        return None
+    else:
+        deposit = recorded.deposit
+        deposit_id = deposit.id if deposit is not None else None
+        result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
+    await _mark_processed(db, callback.id, deposit_id, result, clock())
+    return Processed(callback.id, deposit_id, result)
+
+
+async def _mark_processed(
+    db: Database, callback_id: str, deposit_id: str | None, result: str, now: datetime
+) -> None:
+    async def mark() -> None:
+        async with UnitOfWork(db, write=True) as uow:
+            await uow.callbacks.mark_processed(callback_id, deposit_id, result, now)
+            await uow.commit()
+
+    await retry_transient(mark)
+
+
+async def _mark_failed(db: Database, callback_id: str, error: str) -> None:
+    async def mark() -> None:
+        async with UnitOfWork(db, write=True) as uow:
+            await uow.callbacks.mark_failed(callback_id, error)
+            await uow.commit()
+
+    try:
+        await retry_transient(mark)
+    except Exception as exc:  # the database is down: the callback simply stays queued
+        log.warning("could not count a failed callback attempt", error=type(exc).__name__)

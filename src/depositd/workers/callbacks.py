@@ -1,0 +1,45 @@
+"""The callback sweep: records accepted provider callbacks that nobody has processed yet.
+
+A callback is processed right after it is acknowledged by the process that received it; one
+whose processing was cut short (a crash, a database outage, an API replica that only ingests)
+stays queued in the database, and this loop records it within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+
+from depositd.config import CallbacksConfig
+from depositd.db.engine import Database
+from depositd.domain.assets import AssetBook
+from depositd.services.callbacks import process_callbacks
+from depositd.services.group_commit import Recorder
+from depositd.workers.orders import DATABASE_TROUBLE
+
+log = structlog.get_logger("depositd.callbacks")
+
+
+async def sweep_callbacks_forever(db: Database, assets: AssetBook, policy: CallbacksConfig) -> None:
+    """Sweep every ``policy.sweep_interval_seconds`` until cancelled; a failed sweep is logged
+    and tried again at the next tick (each callback's processing is idempotent)."""
+    recorder = Recorder(db, assets)
+    older_than = timedelta(seconds=policy.sweep_after_seconds)
+    log.info("callback sweep started", interval_seconds=policy.sweep_interval_seconds)
+    try:
+        while True:
+            try:
+                done = await process_callbacks(db, recorder, older_than=older_than)
+            except DATABASE_TROUBLE as exc:
+                log.warning(
+                    "callback sweep failed; trying again next tick",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            else:
+                if done:
+                    log.info("queued callbacks processed", count=len(done))
+            await asyncio.sleep(policy.sweep_interval_seconds)
+    finally:
+        log.info("callback sweep stopped")
