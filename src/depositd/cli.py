@@ -480,7 +480,10 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
                 node.terminate()  # anvil writes its state file on the way out
                 await asyncio.to_thread(node.wait, 15)
 
-        log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers)
+        tls = config.server.tls_cert_file is not None
+        log.info(
+            "starting", database=db.safe_url(), host=host, port=port, workers=workers, tls=tls
+        )
         app = create_app(config, db, workers=workers, on_shutdown=stop_dev_chain)
         freeze_startup_objects()
         server = uvicorn.Server(
@@ -493,6 +496,8 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
                 loop="uvloop",
                 http="httptools",
                 proxy_headers=False,
+                ssl_certfile=config.server.tls_cert_file,
+                ssl_keyfile=config.server.tls_key_file,
             )
         )
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -64,8 +65,26 @@ class ServerConfig(_Section):
     #: a request from one of them comes from the last address in that header not itself a
     #: trusted proxy. Empty: the peer address is the source, whatever the headers say.
     trusted_proxies: list[str] = []
+    #: PEM certificate chain and private key: with both, ``depositd serve`` speaks HTTPS itself
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     _proxies = field_validator("trusted_proxies")(_check_networks)
+
+    def check_tls(self) -> None:
+        """``ConfigError`` unless TLS is off, or both files load as a certificate and its key."""
+        if self.tls_cert_file is None and self.tls_key_file is None:
+            return
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            raise ConfigError("server.tls_cert_file and server.tls_key_file: set both or neither")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except OSError as exc:  # ssl.SSLError too
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise ConfigError(
+                f"server.tls_cert_file / tls_key_file: cannot load them ({reason})"
+            ) from None
 
 
 class ChainConfig(_Section):
@@ -356,6 +375,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     book = config.asset_book()  # amounts, chains and files are checked now, not on first use
+    config.server.check_tls()
     for name, provider in config.providers.items():
         if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
             raise ConfigError(f"providers.{name}: use 1-40 of a-z, 0-9 and _ in the name")

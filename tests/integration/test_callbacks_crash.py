@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -68,12 +69,18 @@ def start_server(
         )
 
 
-async def wait_until_serving(port: int, server: subprocess.Popen[bytes]) -> None:
+async def wait_until_serving(
+    port: int,
+    server: subprocess.Popen[bytes],
+    *,
+    scheme: str = "http",
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=verify) as client:
         while True:
             try:
-                if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                if (await client.get(f"{scheme}://127.0.0.1:{port}/healthz")).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
