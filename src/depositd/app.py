@@ -19,7 +19,7 @@ from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
-from depositd.services.callbacks import providers_from
+from depositd.services.callbacks import ClaimVerifier, providers_from
 from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
 
@@ -41,6 +41,7 @@ def create_app(
     database = db if db is not None else Database(config.database_url())
     assets = config.asset_book()
     background = Workers(config, database, assets) if workers else None
+    verifier = ClaimVerifier(config, assets)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +53,7 @@ def create_app(
             await _app.state.event_hub.close()  # ends the WebSocket streams
             if background is not None:
                 await background.stop()
+            await verifier.close()
             if owns_db:
                 await database.dispose()
             if on_shutdown is not None:
@@ -76,6 +78,7 @@ def create_app(
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ),
         max_body_bytes=config.server.max_body_bytes,
+        verifier=verifier,
     )
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)

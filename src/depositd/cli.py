@@ -481,9 +481,7 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
                 await asyncio.to_thread(node.wait, 15)
 
         tls = config.server.tls_cert_file is not None
-        log.info(
-            "starting", database=db.safe_url(), host=host, port=port, workers=workers, tls=tls
-        )
+        log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers, tls=tls)
         app = create_app(config, db, workers=workers, on_shutdown=stop_dev_chain)
         freeze_startup_objects()
         server = uvicorn.Server(

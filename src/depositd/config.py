@@ -187,7 +187,10 @@ class PayloadMapping(_Section):
     amount: str
     status: str
     confirmations: str | None = None
+    #: the transaction and the receiving address, which our node checks before crediting a
+    #: deposit on a chain we watch (without an address: the user's deposit address there)
     tx_hash: str | None = None
+    address: str | None = None
     #: "decimal": amounts in the asset's units ("12.5"); "base": integers in base units
     amount_unit: Literal["decimal", "base"] = "decimal"
     #: the provider's asset names mapped to our asset codes (unlisted names are used as is)
@@ -196,7 +199,7 @@ class PayloadMapping(_Section):
     statuses: dict[str, ProviderStatus]
 
     @field_validator("event_id", "deposit_id", "user", "asset", "amount", "status",
-                     "confirmations", "tx_hash")  # fmt: skip
+                     "confirmations", "tx_hash", "address")  # fmt: skip
     @classmethod
     def _pointer(cls, pointer: str | None) -> str | None:
         if pointer is not None and not pointer.startswith("/"):

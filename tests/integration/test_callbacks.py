@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -124,19 +125,33 @@ async def merchant_id(db: Database) -> str:
 
 
 def app_config(config: Config, merchant_id: str, **changes: Any) -> Config:
-    update: dict[str, Any] = {"providers": {"custody": provider_config(merchant_id)}}
+    """The test config with the custody provider, and no node for the chain: claims are not
+    checked on chain here (test_callbacks_chain does that, on anvil)."""
+    unwatched = config.chains["anvil"].model_copy(update={"rpc_url": None, "ws_url": None})
+    update: dict[str, Any] = {
+        "providers": {"custody": provider_config(merchant_id)},
+        "chains": {"anvil": unwatched},
+    }
     update.update(changes)
     return config.model_copy(update=update)
 
 
-async def client_for(db: Database, config: Config) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(config, db))
-    return httpx.AsyncClient(transport=transport, base_url="http://depositd.test")
+@contextlib.asynccontextmanager
+async def client_for(db: Database, config: Config) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app made from ``config``, with the app started and stopped around it
+    (its lifespan closes the connections to chain nodes)."""
+    app = create_app(config, db)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://depositd.test") as client,
+    ):
+        yield client
 
 
 @pytest.fixture
 async def setup(db: Database, config: Config, merchant_id: str) -> AsyncIterator[Setup]:
-    async with await client_for(db, app_config(config, merchant_id)) as client:
+    async with client_for(db, app_config(config, merchant_id)) as client:
         yield Setup(db, merchant_id, client)
 
 
@@ -254,7 +269,7 @@ async def test_a_source_address_not_allowed_is_refused(
     db: Database, config: Config, merchant_id: str
 ) -> None:
     provider = provider_config(merchant_id, allowed_ips=["203.0.113.0/24"])
-    async with await client_for(
+    async with client_for(
         db, app_config(config, merchant_id, providers={"custody": provider})
     ) as client:
         setup = Setup(db, merchant_id, client)
@@ -276,7 +291,7 @@ async def test_behind_a_trusted_proxy_the_forwarded_source_is_checked(
         providers={"custody": provider},
         server=ServerConfig(trusted_proxies=["127.0.0.1/32"]),
     )
-    async with await client_for(db, changed) as client:
+    async with client_for(db, changed) as client:
         setup = Setup(db, merchant_id, client)
         body = payload()
         headers = {**signed(body), "x-forwarded-for": "198.51.100.1, 203.0.113.9"}
@@ -337,7 +352,7 @@ async def test_stored_callbacks_left_unprocessed_are_recorded_by_the_sweep_once(
     db: Database, config: Config, merchant_id: str
 ) -> None:
     ingest_only = app_config(config, merchant_id, callbacks=CallbacksConfig(process_inline=False))
-    async with await client_for(db, ingest_only) as client:
+    async with client_for(db, ingest_only) as client:
         setup = Setup(db, merchant_id, client)
         body = payload()
         assert (await setup.post(body, signed(body))).status_code == 200

@@ -25,6 +25,7 @@ from depositd.domain.deposits import (
     check_transition,
     decide,
     first_sight,
+    review,
 )
 from depositd.domain.messages import Message
 from depositd.errors import IllegalTransition, InputError, ObservationConflict
@@ -634,7 +635,11 @@ def test_the_table_matches_the_design() -> None:
     assert TRANSITIONS[S.REJECTED] == frozenset()
     assert TRANSITIONS[S.FAILED] == frozenset()
     assert TRANSITIONS[S.CREDITED] == {S.REVERSED}
-    assert S.HELD not in TRANSITIONS[None]  # only a confirmed deposit can be held
+    # a hold takes the place of a credit: wherever a deposit may be credited (but a review's
+    # own credit), it may be held instead, and nowhere else
+    for source, targets in TRANSITIONS.items():
+        if source is not S.HELD:
+            assert (S.HELD in targets) == (S.CREDITED in targets)
     for source in TRANSITIONS:
         assert S.REVERSED not in TRANSITIONS[source] or source is S.CREDITED
 
@@ -719,3 +724,52 @@ def test_identity_keys() -> None:
     assert PROVIDER_REF.key == "provider:mer_1:fireblocks:fb-42"
     assert chain(0).source == "chain:eth"
     assert provider(ProviderStatus.PENDING).source == "provider:fireblocks"
+
+
+# -- holds and reviews ----------------------------------------------------------------------
+
+HOLD = Message("held_claim_not_on_chain")
+
+
+def test_a_hold_turns_the_credit_into_held_with_its_reason() -> None:
+    held = see(dataclasses.replace(provider(ProviderStatus.SUCCEEDED), hold=HOLD))
+    assert held.status is S.HELD
+    assert held.reason == HOLD
+    assert decide(None, dataclasses.replace(chain(3, "a"), hold=HOLD), ETH) is not None
+    pending = see(chain(0))
+    assert step(pending, dataclasses.replace(chain(3, "a"), hold=HOLD)).status is S.HELD
+
+
+def test_a_hold_does_not_stop_progress_short_of_credit() -> None:
+    confirming = see(dataclasses.replace(provider(ProviderStatus.CONFIRMING, 1), hold=HOLD))
+    assert confirming.status is S.CONFIRMING
+    failed = see(dataclasses.replace(provider(ProviderStatus.FAILED), hold=HOLD))
+    assert failed.status is S.FAILED
+
+
+def test_a_held_deposit_waits_for_the_reviewer_whatever_arrives() -> None:
+    held = see(dataclasses.replace(provider(ProviderStatus.SUCCEEDED), hold=HOLD))
+    assert decide(held, provider(ProviderStatus.SUCCEEDED), ETH) is None
+
+
+@pytest.mark.parametrize(
+    ("approve", "status", "posting", "reason"),
+    [
+        (True, S.CREDITED, Posting.CREDIT, "approved_by_reviewer"),
+        (False, S.REJECTED, None, "rejected_by_reviewer"),
+    ],
+)
+def test_a_review_settles_a_held_deposit(
+    approve: bool, status: DepositStatus, posting: Posting | None, reason: str
+) -> None:
+    held = see(dataclasses.replace(chain(5, "a"), hold=HOLD))
+    transition = review(held, approve)
+    assert (transition.to_status, transition.posting, transition.reason.code) == (
+        status,
+        posting,
+        reason,
+    )
+    decided = apply(held, transition, NOW)
+    assert (decided.confirmations, decided.block_hash) == (held.confirmations, held.block_hash)
+    with pytest.raises(IllegalTransition, match="only a held deposit"):
+        review(decided, approve)

@@ -85,7 +85,7 @@ async def receive(
 
 async def _process_now(ctx: AppContext, callback_id: str) -> None:
     # the callback is stored: a failure here leaves it to the workers' sweep
-    await process(ctx.db, ctx.recorder, ids=[callback_id])
+    await process(ctx.db, ctx.recorder, verifier=ctx.verifier, ids=[callback_id])
 
 
 async def _read_body(request: Request, limit: int) -> tuple[bytes, int]:

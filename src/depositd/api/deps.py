@@ -13,7 +13,7 @@ from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
-from depositd.services.callbacks import IpNetwork, Provider
+from depositd.services.callbacks import ClaimVerifier, IpNetwork, Provider
 from depositd.services.group_commit import Recorder
 from depositd.services.merchants import authenticate
 
@@ -37,6 +37,8 @@ class AppContext:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     #: the request body limit (inbound callbacks: of an unknown provider)
     max_body_bytes: int = 65536
+    #: our nodes, to check providers' claims on chains we watch (None: claims are believed)
+    verifier: ClaimVerifier | None = None
 
 
 def context(request: Request) -> AppContext:

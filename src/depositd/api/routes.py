@@ -35,7 +35,7 @@ from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
 from depositd.domain.money import format_amount, parse_amount
 from depositd.qr import qr_svg
-from depositd.services import addresses, orders, queries, users
+from depositd.services import addresses, orders, queries, reviews, users
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
 
@@ -172,6 +172,44 @@ async def get_deposit(
         **deposit.model_dump(),
         transitions=[Transition.of(t, language) for t in found.transitions],
     )
+
+
+@router.post(
+    "/deposits/{deposit_id}/approve",
+    response_model=DepositOut,
+    tags=["deposits"],
+    summary="Credit a deposit held for review",
+    responses={409: {"description": "the deposit is not held (already decided, or never was)"}},
+)
+async def approve_deposit(
+    deposit_id: Annotated[str, Path(max_length=40)],
+    merchant_id: MerchantId,
+    ctx: Context,
+    language: Language,
+) -> DepositOut:
+    decided = await reviews.review_deposit(
+        ctx.db, ctx.assets, merchant_id, deposit_id, approve=True
+    )
+    return DepositOut.of(decided, ctx.assets[decided.asset], language)
+
+
+@router.post(
+    "/deposits/{deposit_id}/reject",
+    response_model=DepositOut,
+    tags=["deposits"],
+    summary="Reject a deposit held for review: it is never credited",
+    responses={409: {"description": "the deposit is not held (already decided, or never was)"}},
+)
+async def reject_deposit(
+    deposit_id: Annotated[str, Path(max_length=40)],
+    merchant_id: MerchantId,
+    ctx: Context,
+    language: Language,
+) -> DepositOut:
+    decided = await reviews.review_deposit(
+        ctx.db, ctx.assets, merchant_id, deposit_id, approve=False
+    )
+    return DepositOut.of(decided, ctx.assets[decided.asset], language)
 
 
 @router.post(

@@ -48,15 +48,17 @@ S = DepositStatus
 #: or confirming deposit whose transaction a reorg moved into the new newest block is PENDING
 #: again, in that block.
 TRANSITIONS: Mapping[DepositStatus | None, frozenset[DepositStatus]] = {
-    None: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED}),
-    S.PENDING: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED, S.FAILED, S.ORPHANED}),
+    None: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED}),
+    S.PENDING: frozenset(
+        {S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}
+    ),
     S.CONFIRMING: frozenset(
         {S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED, S.FAILED, S.ORPHANED}
     ),
     S.CREDITED: frozenset({S.REVERSED}),
     S.HELD: frozenset({S.CREDITED, S.REJECTED, S.ORPHANED}),
-    S.ORPHANED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.REJECTED}),
-    S.REVERSED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED}),
+    S.ORPHANED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD, S.REJECTED}),
+    S.REVERSED: frozenset({S.PENDING, S.CONFIRMING, S.CREDITED, S.HELD}),
     S.REJECTED: frozenset(),
     S.FAILED: frozenset(),
 }
@@ -172,6 +174,9 @@ class Observation:
     block_hash: str | None = None
     removed: bool = False
     rejection: RejectReason | None = None
+    #: why the deposit must wait for a reviewer instead of being credited (a claim our node
+    #: contradicts, a limit): the credit this observation would make becomes a hold
+    hold: Message | None = None
 
     def __post_init__(self) -> None:
         if self.amount <= 0:
@@ -280,8 +285,32 @@ def decide(deposit: DepositState | None, obs: Observation, asset: Asset) -> Tran
         message = Message("below_minimum", {"minimum": minimum, "symbol": asset.symbol})
         return _to(deposit, S.REJECTED, obs, message, None, required)
     if obs.provider_status is not None:
-        return _provider_progress(deposit, obs, required)
-    return _chain_progress(deposit, obs, asset, required)
+        transition = _provider_progress(deposit, obs, required)
+    else:
+        transition = _chain_progress(deposit, obs, asset, required)
+    if obs.hold is not None and transition is not None and transition.posting is Posting.CREDIT:
+        return _to(deposit, S.HELD, obs, obs.hold, None, required)
+    return transition
+
+
+def review(deposit: DepositState, approve: bool) -> Transition:
+    """A reviewer's decision on a held deposit: credit it, or reject it for good."""
+    if deposit.status is not S.HELD:
+        raise IllegalTransition(f"only a held deposit is reviewed, not a {deposit.status} one")
+    if approve:
+        reason, to_status, posting = Message("approved_by_reviewer"), S.CREDITED, Posting.CREDIT
+    else:
+        reason, to_status, posting = Message("rejected_by_reviewer"), S.REJECTED, None
+    return Transition(
+        from_status=S.HELD,
+        to_status=to_status,
+        confirmations=deposit.confirmations,
+        required_confirmations=deposit.required_confirmations,
+        reason=reason,
+        posting=posting,
+        block_hash=deposit.block_hash,
+        block_number=deposit.block_number,
+    )
 
 
 def _removal(deposit: DepositState | None, obs: Observation) -> Transition | None:

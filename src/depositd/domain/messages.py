@@ -77,6 +77,18 @@ _CATALOG: dict[str, dict[str, str]] = {
         "en": "A deep chain reorganisation removed this credited deposit; the credit was reversed.",
         "zh-CN": "深度链重组移除了这笔已入账的充值，入账金额已冲正。",
     },
+    "held_claim_not_on_chain": {
+        "en": "Held for review: our node does not show the transfer the provider reported.",
+        "zh-CN": "已暂扣待审核：本节点的链上数据中没有服务商报告的这笔转账。",
+    },
+    "held_claim_failed_on_chain": {
+        "en": "Held for review: the transaction the provider reported failed on chain.",
+        "zh-CN": "已暂扣待审核：服务商报告的交易在链上执行失败。",
+    },
+    "held_claim_unverifiable": {
+        "en": "Held for review: the provider did not say which transaction or address to check.",
+        "zh-CN": "已暂扣待审核：服务商未提供可供核验的交易或地址。",
+    },
     "held_for_review": {
         "en": "Held for review: {rule}.",
         "zh-CN": "已暂扣待审核：{rule}。",

@@ -36,6 +36,8 @@ class ProviderClaim:
     status: ProviderStatus
     confirmations: int | None = None
     tx_hash: str | None = None
+    #: the address the provider says received it
+    address: str | None = None
 
     def observation(self, merchant_id: str, provider: str) -> Observation:
         return Observation(
@@ -57,6 +59,7 @@ class ProviderClaim:
             "status": self.status.value,
             "confirmations": self.confirmations,
             "tx_hash": self.tx_hash,
+            "address": self.address,
         }
 
     @classmethod
@@ -70,6 +73,7 @@ class ProviderClaim:
             status=ProviderStatus(data["status"]),
             confirmations=data["confirmations"],
             tx_hash=data["tx_hash"],
+            address=data.get("address"),
         )
 
 
@@ -144,10 +148,8 @@ def read_claim(
         event_id = text("event_id", mapping.event_id)
     else:
         event_id = message_id or f"{deposit_id}:{theirs}"
-    tx_hash = None
-    if mapping.tx_hash is not None:
-        found = resolve(body, mapping.tx_hash)
-        tx_hash = found if isinstance(found, str) and found else None
+    tx_hash = _optional_text(body, mapping.tx_hash)
+    address = _optional_text(body, mapping.address)
     return ProviderClaim(
         event_id=event_id,
         deposit_id=deposit_id,
@@ -157,4 +159,12 @@ def read_claim(
         status=status,
         confirmations=confirmations,
         tx_hash=tx_hash,
+        address=address,
     )
+
+
+def _optional_text(body: Any, pointer: str | None) -> str | None:
+    if pointer is None:
+        return None
+    found = resolve(body, pointer)
+    return found if isinstance(found, str) and found and len(found) <= MAX_FIELD_CHARS else None

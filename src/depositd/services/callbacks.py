@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from depositd.chain.claims import ChainEvidence, look_up_claim
+from depositd.chain.rpc import EvmRpc
 from depositd.clock import utcnow
 from depositd.config import AckConfig, Config, PayloadMapping
 from depositd.db.callbacks import Received, Unprocessed
@@ -29,6 +31,8 @@ from depositd.db.engine import Database
 from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
+from depositd.domain.deposits import Observation, ProviderStatus, ToUser
+from depositd.domain.messages import Message
 from depositd.errors import InputError
 from depositd.ids import new_id
 from depositd.providers.mapping import PayloadRejected, ProviderClaim, read_claim
@@ -239,10 +243,42 @@ class Processed:
     result: str
 
 
+class ClaimVerifier:
+    """Our own node for each watched chain, to check what providers claim happened there."""
+
+    def __init__(self, config: Config, assets: AssetBook) -> None:
+        self._assets = assets
+        self._nodes = {
+            name: EvmRpc(chain.rpc_url, timeout_seconds=chain.rpc_timeout_seconds)
+            for name, chain in config.chains.items()
+            if chain.rpc_url is not None
+        }
+
+    def watches(self, asset: str) -> bool:
+        return self._assets[asset].chain in self._nodes
+
+    def chain_of(self, claim: ProviderClaim) -> str:
+        return self._assets[claim.asset].chain
+
+    def required_confirmations(self, claim: ProviderClaim) -> int:
+        return self._assets[claim.asset].required_confirmations(claim.amount)
+
+    async def evidence(self, claim: ProviderClaim, recipient: str) -> ChainEvidence:
+        asset = self._assets[claim.asset]
+        assert claim.tx_hash is not None
+        node = self._nodes[asset.chain]
+        return await look_up_claim(node, asset, claim.tx_hash, recipient, claim.amount)
+
+    async def close(self) -> None:
+        for node in self._nodes.values():
+            await node.close()
+
+
 async def process_callbacks(
     db: Database,
     recorder: Recorder,
     *,
+    verifier: ClaimVerifier | None = None,
     ids: list[str] | None = None,
     older_than: timedelta = timedelta(0),
     limit: int = 500,
@@ -251,37 +287,47 @@ async def process_callbacks(
     """Record the claims of accepted callbacks not yet processed (``ids``, or all received
     more than ``older_than`` ago), each through the engine, and mark them processed.
 
-    A claim the engine refuses (an unknown user, an amount that contradicts the deposit) is
-    marked processed with the reason: retrying cannot change it. A database failure leaves the
+    With a ``verifier``, a claim that a deposit on a chain we watch succeeded is checked
+    against our node first (``verify``). A claim the engine refuses (an unknown user, an
+    amount that contradicts the deposit) is marked processed with the reason: retrying cannot
+    change it. A database failure, an unreachable node or too few confirmations leave the
     callback queued for the next sweep.
     """
     async with UnitOfWork(db, write=False) as uow:
         queued = await uow.callbacks.unprocessed(clock() - older_than, limit, ids=ids)
     done = []
     for callback in queued:
-        processed = await _process(db, recorder, callback, clock)
+        processed = await _process(db, recorder, verifier, callback, clock)
         if processed is not None:
             done.append(processed)
     return done
 
 
 async def _process(
-    db: Database, recorder: Recorder, callback: Unprocessed, clock: Callable[[], datetime]
+    db: Database,
+    recorder: Recorder,
+    verifier: ClaimVerifier | None,
+    callback: Unprocessed,
+    clock: Callable[[], datetime],
 ) -> Processed | None:
     claim = ProviderClaim.from_dict(callback.claim)
     observation = claim.observation(callback.merchant_id, callback.provider)
-    deposit_id: str | None = None
+    settled = True
     try:
+        credits = claim.status is ProviderStatus.SUCCEEDED
+        if credits and verifier is not None and verifier.watches(claim.asset):
+            observation, settled = await verify(db, verifier, claim, observation)
         recorded = await recorder.record(observation)
     except InputError as exc:
-        result = exc.slug
         log.warning(
             "callback claim not recorded",
             callback_id=callback.id,
             provider=callback.provider,
             reason=str(exc),
         )
-    except Exception as exc:  # the database, mostly: the sweep tries again
+        await _mark_processed(db, callback.id, None, exc.slug, clock())
+        return Processed(callback.id, None, exc.slug)
+    except Exception as exc:  # the database or the node, mostly: the sweep tries again
         log.warning(
             "callback processing failed; the sweep will try again",
             callback_id=callback.id,
@@ -289,12 +335,51 @@ async def _process(
         )
         await _mark_failed(db, callback.id, f"{type(exc).__name__}: {exc}")
         return None
-    else:
-        deposit = recorded.deposit
-        deposit_id = deposit.id if deposit is not None else None
-        result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
+    if not settled:
+        await _mark_failed(
+            db, callback.id, f"our node shows {observation.confirmations} confirmations so far"
+        )
+        return None
+    deposit = recorded.deposit
+    deposit_id = deposit.id if deposit is not None else None
+    result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
     await _mark_processed(db, callback.id, deposit_id, result, clock())
     return Processed(callback.id, deposit_id, result)
+
+
+async def verify(
+    db: Database, verifier: ClaimVerifier, claim: ProviderClaim, observation: Observation
+) -> tuple[Observation, bool]:
+    """The observation to record for a claimed credit on a chain we watch, and whether the
+    claim is settled: held when our node contradicts it (or cannot be asked about it), still
+    confirming while our node shows fewer confirmations than the asset needs."""
+    recipient = claim.address or await _address_of(db, observation, verifier.chain_of(claim))
+    if claim.tx_hash is None or recipient is None:
+        return replace(observation, hold=Message("held_claim_unverifiable")), True
+    evidence = await verifier.evidence(claim, recipient)
+    if evidence.contradiction is not None:
+        return replace(observation, hold=evidence.contradiction), True
+    if evidence.confirmations < verifier.required_confirmations(claim):
+        confirming = replace(
+            observation,
+            provider_status=ProviderStatus.CONFIRMING,
+            confirmations=evidence.confirmations,
+        )
+        return confirming, False
+    return observation, True
+
+
+async def _address_of(db: Database, observation: Observation, chain: str) -> str | None:
+    """The user's deposit address on ``chain``, if they have one here."""
+    assert isinstance(observation.owner, ToUser)
+    async with UnitOfWork(db, write=False) as uow:
+        user = await uow.users.get(observation.owner.merchant_id, observation.owner.external_id)
+        if user is None:
+            return None
+        for address in await uow.users.addresses_of(user.id):
+            if address.chain == chain:
+                return str(address.address)
+    return None
 
 
 async def _mark_processed(

@@ -89,8 +89,13 @@ def on_events_committed(db: Database, listener: Callable[[], None]) -> Callable[
 
 def _announce_commit(db: Database, recorded: Sequence[Recorded]) -> None:
     if any(r.changed for r in recorded):
-        for listener in tuple(_commit_listeners.get(db, ())):
-            listener()
+        announce_events(db)
+
+
+def announce_events(db: Database) -> None:
+    """Tell this process's listeners that events were just committed to ``db``."""
+    for listener in tuple(_commit_listeners.get(db, ())):
+        listener()
 
 
 @dataclass

@@ -95,7 +95,7 @@ class Workers:
         if "callbacks" in self.roles:
             self._supervisor.start(
                 "callbacks",
-                lambda: sweep_callbacks_forever(self._db, self._assets, self._config.callbacks),
+                lambda: sweep_callbacks_forever(self._db, self._assets, self._config),
             )
 
     async def _send(self) -> None:
