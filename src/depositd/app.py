@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -19,7 +20,7 @@ from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
-from depositd.services.callbacks import ClaimVerifier, providers_from
+from depositd.services.callbacks import CallbackLog, ClaimVerifier, providers_from
 from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
 
@@ -72,6 +73,7 @@ def create_app(
         recorder=Recorder(database, assets),
         chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
         delivery=config.delivery,
+        callbacks=CallbackLog(database),
         providers=providers_from(config),
         process_callbacks_inline=config.callbacks.process_inline,
         trusted_proxies=tuple(
@@ -83,12 +85,10 @@ def create_app(
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)
     problems.install(app)
-    app.include_router(router)
-    app.include_router(ws.router)
-    app.include_router(endpoints.router)
-    app.include_router(deliveries.router)
-    app.include_router(callbacks.router)
 
+    # routes are matched in the order they are added: health checks first, each included
+    # router is a step for every request after it (provider callbacks are served before
+    # any of this: callbacks.CallbackIngress)
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -112,7 +112,20 @@ def create_app(
             {"status": "ok", "watchers": {n: w.status.as_dict() for n, w in watchers.items()}}
         )
 
-    app.add_middleware(
-        BodySizeLimit, max_bytes=config.server.max_body_bytes, exempt_prefix=callbacks.PREFIX
-    )
+    app.include_router(router)
+    app.include_router(ws.router)
+    app.include_router(endpoints.router)
+    app.include_router(deliveries.router)
+
+    app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
+    # added last, so outermost of ours: it stores oversized callbacks before refusing them
+    app.add_middleware(callbacks.CallbackIngress, context=lambda: app.state.ctx)
+    describe_openapi = app.openapi
+
+    def openapi_with_callbacks() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = callbacks.document_callbacks(describe_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_callbacks  # type: ignore[method-assign]
     return app

@@ -460,6 +460,7 @@ API reference: {base_url}/docs   (OpenAPI: {base_url}/openapi.json)
 def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
     # the web stack is imported only when serving: admin verbs start twice as fast
     import uvicorn
+    import uvloop
 
     from depositd.app import create_app
 
@@ -491,7 +492,7 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
                 port=port,
                 log_config=None,
                 access_log=False,
-                loop="uvloop",
+                loop="none",
                 http="httptools",
                 proxy_headers=False,
                 ssl_certfile=config.server.tls_cert_file,
@@ -506,7 +507,9 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
             await db.dispose()
             await stop_dev_chain()
 
-    asyncio.run(run())
+    # the server runs inside our own loop (uvicorn's ``loop`` setting is not applied then)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
     return 0
 
 

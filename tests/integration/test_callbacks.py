@@ -22,7 +22,7 @@ from depositd.db.engine import Database
 from depositd.db.tables import accounts, deposits, inbound_callbacks, ledger_entries
 from depositd.providers.schemes import SignatureScheme
 from depositd.services import merchants, users
-from depositd.services.callbacks import process_callbacks
+from depositd.services.callbacks import CallbackLog, process_callbacks
 from depositd.services.group_commit import Recorder
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -88,11 +88,39 @@ def signed(body: bytes, secret: str = SECRET, *, at: datetime | None = None) -> 
 
 
 class Setup:
-    def __init__(self, db: Database, merchant_id: str, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, db: Database, merchant_id: str, client: httpx.AsyncClient, *, inline: bool = True
+    ) -> None:
         self.db, self.merchant_id, self.client = db, merchant_id, client
+        #: the app processes accepted callbacks itself, right after acknowledging them
+        self.inline = inline
 
     async def post(self, body: bytes, headers: dict[str, str], provider: str = "custody") -> Any:
-        return await self.client.post(f"/v1/callbacks/{provider}", content=body, headers=headers)
+        """Post a callback; with inline processing, return once it has been processed (or
+        has failed to be, and waits for the sweep)."""
+        answer = await self.client.post(f"/v1/callbacks/{provider}", content=body, headers=headers)
+        if self.inline:
+            await self.settled()
+        return answer
+
+    async def settled(self) -> None:
+        """Wait until no accepted callback awaits its first processing attempt."""
+        waiting = (
+            select(func.count())
+            .select_from(inbound_callbacks)
+            .where(
+                inbound_callbacks.c.outcome == "accepted",
+                inbound_callbacks.c.processed_at.is_(None),
+                inbound_callbacks.c.attempts == 0,
+            )
+        )
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            async with self.db.reader.connect() as conn:
+                if not await conn.scalar(waiting):
+                    return
+            assert asyncio.get_running_loop().time() < deadline, "callbacks not processed"
+            await asyncio.sleep(0.01)
 
     async def callbacks(self) -> list[dict[str, Any]]:
         async with self.db.reader.connect() as conn:
@@ -353,7 +381,7 @@ async def test_stored_callbacks_left_unprocessed_are_recorded_by_the_sweep_once(
 ) -> None:
     ingest_only = app_config(config, merchant_id, callbacks=CallbacksConfig(process_inline=False))
     async with client_for(db, ingest_only) as client:
-        setup = Setup(db, merchant_id, client)
+        setup = Setup(db, merchant_id, client, inline=False)
         body = payload()
         assert (await setup.post(body, signed(body))).status_code == 200
         (stored,) = await setup.callbacks()
@@ -361,13 +389,27 @@ async def test_stored_callbacks_left_unprocessed_are_recorded_by_the_sweep_once(
         assert await setup.deposits() == []
 
         recorder = Recorder(db, config.asset_book())
-        done = await process_callbacks(db, recorder)
+        done = await process_callbacks(CallbackLog(db), recorder)
         assert [(p.callback_id, p.result) for p in done] == [(stored["id"], "credited")]
-        assert await process_callbacks(db, recorder) == []  # nothing left queued
+        assert await process_callbacks(CallbackLog(db), recorder) == []  # nothing left queued
         # processed again anyway (a crash between recording and marking it): no second effect
         async with db.writer.begin() as conn:
             await conn.execute(inbound_callbacks.update().values(processed_at=None))
-        again = await process_callbacks(db, recorder)
+        again = await process_callbacks(CallbackLog(db), recorder)
         assert [p.result for p in again] == ["unchanged"]
         assert await setup.ledger_rows() == 2
         assert await setup.balance() == 25_500_000
+
+
+async def test_the_route_is_documented_and_answers_other_methods_with_a_problem(
+    setup: Setup,
+) -> None:
+    schema = (await setup.client.get("/openapi.json")).json()
+    route = schema["paths"]["/v1/callbacks/{provider}"]["post"]
+    assert set(route["responses"]) >= {"200", "401", "404", "413"}
+    wrong_method = await setup.client.get("/v1/callbacks/custody")
+    assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
+    assert wrong_method.json()["type"] == PROBLEM + "method-not-allowed"
+    nested = await setup.client.post("/v1/callbacks/custody/extra", content=b"{}")
+    assert nested.status_code == 404
+    assert await setup.callbacks() == []

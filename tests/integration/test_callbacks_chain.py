@@ -14,7 +14,7 @@ import pytest
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.services import merchants
-from depositd.services.callbacks import ClaimVerifier, process_callbacks
+from depositd.services.callbacks import CallbackLog, ClaimVerifier, process_callbacks
 from depositd.services.group_commit import Recorder
 
 from .chain import ETH, USDT, LiveChain, live_chain, user_with_address
@@ -68,7 +68,7 @@ class Claims:
         verifier = ClaimVerifier(self.config, self.config.asset_book())
         try:
             recorder = Recorder(self.setup.db, self.config.asset_book())
-            done = await process_callbacks(self.setup.db, recorder, verifier=verifier)
+            done = await process_callbacks(CallbackLog(self.setup.db), recorder, verifier=verifier)
         finally:
             await verifier.close()
         return [processed.result for processed in done]

@@ -13,7 +13,7 @@ from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
-from depositd.services.callbacks import ClaimVerifier, IpNetwork, Provider
+from depositd.services.callbacks import CallbackLog, ClaimVerifier, IpNetwork, Provider
 from depositd.services.group_commit import Recorder
 from depositd.services.merchants import authenticate
 
@@ -29,6 +29,8 @@ class AppContext:
     chain_ids: Mapping[str, int]
     #: outbound webhook policy (which endpoint URLs are allowed, secret rotation grace)
     delivery: DeliveryConfig
+    #: where inbound callbacks are stored, in group commits of this process's requests
+    callbacks: CallbackLog
     #: upstream providers that post deposit callbacks, by name
     providers: Mapping[str, Provider] = field(default_factory=dict)
     #: record an accepted callback's claim right after acknowledging it (else: the sweep)
@@ -41,7 +43,8 @@ class AppContext:
     verifier: ClaimVerifier | None = None
 
 
-def context(request: Request) -> AppContext:
+async def context(request: Request) -> AppContext:
+    # async: a plain function dependency would run in a worker thread, a hop per request
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -65,7 +68,7 @@ async def merchant(ctx: Context, authorization: Annotated[str | None, Header()] 
 MerchantId = Annotated[str, Depends(merchant)]
 
 
-def language(
+async def language(
     accept_language: Annotated[str | None, Header()] = None,
     lang: Annotated[str | None, Query(description=f"one of {', '.join(LANGUAGES)}")] = None,
 ) -> str:

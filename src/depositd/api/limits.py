@@ -14,18 +14,12 @@ class BodyTooLarge(Exception):
 class BodySizeLimit:
     """ASGI middleware: 413 problem+json for a body over ``max_bytes`` (declared or streamed)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefix: str | None = None) -> None:
-        """Paths under ``exempt_prefix`` enforce their own limit (inbound callbacks, which
-        store an oversized request before refusing it)."""
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt_prefix = exempt_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exempt = self.exempt_prefix is not None and scope.get("path", "").startswith(
-            self.exempt_prefix
-        )
-        if scope["type"] != "http" or exempt:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

@@ -35,18 +35,25 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
 
-    def response(self, request: Request) -> JSONResponse:
+    def document(self, instance: str) -> dict[str, Any]:
+        """The problem+json body, for the request to ``instance`` (its path)."""
         body: dict[str, Any] = {
             "type": PROBLEM_BASE + self.slug,
             "title": self.title,
             "status": self.status,
-            "instance": request.url.path,
+            "instance": instance,
         }
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)
+        return body
+
+    def response(self, request: Request) -> JSONResponse:
         return JSONResponse(
-            body, status_code=self.status, headers=self.headers, media_type=MEDIA_TYPE
+            self.document(request.url.path),
+            status_code=self.status,
+            headers=self.headers,
+            media_type=MEDIA_TYPE,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from depositd.db.engine import Database
 from depositd.db.tables import inbound_callbacks
 
 #: ``inbound_callbacks.outcome``
@@ -138,3 +141,141 @@ def _columns(received: Received) -> dict[str, Any]:
         "body": received.body,
         "body_bytes": received.body_bytes,
     }
+
+
+@dataclass(frozen=True)
+class ToStore:
+    """A received callback and what became of it: accepted (an event id and a claim) or
+    rejected (a code and a reason)."""
+
+    received: Received
+    event_id: str | None = None
+    claim: dict[str, Any] | None = None
+    rejection_code: str | None = None
+    rejection: str | None = None
+
+
+async def store_callbacks(db: Database, items: Sequence[ToStore]) -> list[str | None]:
+    """Store a batch in one transaction; for each, the id of the accepted callback it repeats
+    (then it is stored as ``replayed``), else None.
+
+    On PostgreSQL the batch is a few set-based statements straight to asyncpg: this is the
+    write every provider callback waits for.
+    """
+    if db.is_sqlite:
+        async with db.writer.begin() as conn:
+            repository = CallbackRepository(conn)
+            originals: list[str | None] = []
+            for item in items:
+                if item.event_id is None:
+                    await repository.add_rejected(
+                        item.received, item.rejection_code or "", item.rejection or ""
+                    )
+                    originals.append(None)
+                else:
+                    assert item.claim is not None
+                    originals.append(
+                        await repository.add_accepted(item.received, item.event_id, item.claim)
+                    )
+            return originals
+    pool = await db.driver_pool()
+    async with pool.acquire() as conn, conn.transaction():
+        accepted = [item for item in items if item.event_id is not None]
+        rejected = [item for item in items if item.event_id is None]
+        if rejected:
+            await conn.execute(
+                _PG_INSERT_REJECTED,
+                *_pg_received([item.received for item in rejected]),
+                [item.rejection_code for item in rejected],
+                [item.rejection for item in rejected],
+            )
+        replays: dict[str, str] = {}
+        if accepted:
+            received = _pg_received([item.received for item in accepted])
+            event_ids = [item.event_id for item in accepted]
+            claims = [json.dumps(item.claim) for item in accepted]
+            inserted = {r["id"] for r in await conn.fetch(_PG_INSERT_ACCEPTED, *received,
+                                                         event_ids, claims)}  # fmt: skip
+            repeats = [i for i, item in enumerate(accepted) if item.received.id not in inserted]
+            if repeats:
+                rows = await conn.fetch(
+                    _PG_INSERT_REPLAYED,
+                    *_pg_received([accepted[i].received for i in repeats]),
+                    [accepted[i].event_id for i in repeats],
+                )
+                replays = {row["id"]: row["replay_of"] for row in rows}
+                if len(replays) != len(repeats):
+                    raise RuntimeError("a replayed callback's original is not visible")
+        return [replays.get(item.received.id) for item in items]
+
+
+async def mark_processed(
+    db: Database, outcomes: Sequence[tuple[str, str | None, str, datetime]]
+) -> list[None]:
+    """Mark a batch of callbacks processed: (callback id, deposit id, result, when) each."""
+    if db.is_sqlite:
+        async with db.writer.begin() as conn:
+            repository = CallbackRepository(conn)
+            for callback_id, deposit_id, result, now in outcomes:
+                await repository.mark_processed(callback_id, deposit_id, result, now)
+    else:
+        pool = await db.driver_pool()
+        async with pool.acquire() as conn:
+            await conn.execute(
+                _PG_MARK_PROCESSED,
+                [callback_id for callback_id, _, _, _ in outcomes],
+                [deposit_id for _, deposit_id, _, _ in outcomes],
+                [result for _, _, result, _ in outcomes],
+                [now for _, _, _, now in outcomes],
+            )
+    return [None] * len(outcomes)
+
+
+def _pg_received(received: Sequence[Received]) -> list[list[Any]]:
+    return [
+        [r.id for r in received],
+        [r.provider for r in received],
+        [r.merchant_id for r in received],
+        [r.received_at for r in received],
+        [r.source_ip for r in received],
+        [json.dumps(r.headers) for r in received],
+        [r.body for r in received],
+        [r.body_bytes for r in received],
+    ]
+
+
+_PG_RECEIVED = """unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+    $6::text[], $7::bytea[], $8::int[], $9::text[], $10::text[])
+    AS t(id, provider, merchant_id, received_at, source_ip, headers, body, body_bytes, a, b)"""
+_PG_COLUMNS = "id, provider, merchant_id, received_at, source_ip, headers, body, body_bytes"
+_PG_VALUES = """t.id, t.provider, t.merchant_id, t.received_at, t.source_ip, t.headers::json,
+    t.body, t.body_bytes"""
+_PG_INSERT_REJECTED = f"""
+INSERT INTO inbound_callbacks ({_PG_COLUMNS}, outcome, rejection_code, rejection, attempts)
+SELECT {_PG_VALUES}, 'rejected', t.a, t.b, 0 FROM {_PG_RECEIVED}
+"""  # noqa: S608 (our own SQL)
+# a callback whose event id was accepted before conflicts with that row (or waits for its
+# transaction, and then conflicts), and is left out: the caller stores it as a replay
+_PG_INSERT_ACCEPTED = f"""
+INSERT INTO inbound_callbacks ({_PG_COLUMNS}, outcome, event_id, claim, attempts)
+SELECT {_PG_VALUES}, 'accepted', t.a, t.b::json, 0 FROM {_PG_RECEIVED}
+ON CONFLICT (provider, event_id) WHERE outcome = 'accepted' DO NOTHING
+RETURNING id
+"""  # noqa: S608 (our own SQL)
+_PG_INSERT_REPLAYED = f"""
+INSERT INTO inbound_callbacks ({_PG_COLUMNS}, outcome, event_id, replay_of, attempts)
+SELECT {_PG_VALUES}, 'replayed', t.a, original.id, 0
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+    $7::bytea[], $8::int[], $9::text[])
+    AS t(id, provider, merchant_id, received_at, source_ip, headers, body, body_bytes, a)
+JOIN inbound_callbacks original ON original.provider = t.provider
+    AND original.event_id = t.a AND original.outcome = 'accepted'
+RETURNING id, replay_of
+"""  # noqa: S608 (our own SQL)
+_PG_MARK_PROCESSED = """
+UPDATE inbound_callbacks c SET processed_at = t.processed_at, deposit_id = t.deposit_id,
+    result = t.result, attempts = c.attempts + 1
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+    AS t(id, deposit_id, result, processed_at)
+WHERE c.id = t.id
+"""

@@ -12,21 +12,28 @@ answered the same, so a provider retrying or replaying never causes a second eff
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import structlog
-from sqlalchemy.exc import IntegrityError
 
 from depositd.chain.claims import ChainEvidence, look_up_claim
 from depositd.chain.rpc import EvmRpc
 from depositd.clock import utcnow
 from depositd.config import AckConfig, Config, PayloadMapping
-from depositd.db.callbacks import Received, Unprocessed
+from depositd.db.callbacks import (
+    Received,
+    ToStore,
+    Unprocessed,
+    mark_processed,
+    store_callbacks,
+)
 from depositd.db.engine import Database
 from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
@@ -37,7 +44,7 @@ from depositd.errors import InputError
 from depositd.ids import new_id
 from depositd.providers.mapping import PayloadRejected, ProviderClaim, read_claim
 from depositd.providers.schemes import SchemeSettings, SignatureRejected, verify_signature
-from depositd.services.group_commit import Recorder
+from depositd.services.group_commit import GroupCommit, Recorder
 
 log = structlog.get_logger("depositd.callbacks")
 
@@ -99,6 +106,8 @@ class Acknowledged:
     provider: Provider
     #: the accepted callback this one repeats, or None
     replay_of: str | None
+    #: what to process (a callback just accepted; None for a replay)
+    accepted: Unprocessed | None
 
     @property
     def ack(self) -> AckConfig:
@@ -119,8 +128,29 @@ class Request:
     body_bytes: int
 
 
+class CallbackLog:
+    """Where this process writes callbacks: each one stored, and each processing outcome, in
+    group commits that concurrent requests share (one transaction for many callbacks)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._stores: GroupCommit[ToStore, str | None] = GroupCommit(partial(store_callbacks, db))
+        self._marks: GroupCommit[tuple[str, str | None, str, datetime], None] = GroupCommit(
+            partial(mark_processed, db)
+        )
+
+    async def store(self, item: ToStore) -> str | None:
+        """Store one callback; the accepted callback it repeats, if it does."""
+        return await self._stores.submit(item)
+
+    async def mark_processed(
+        self, callback_id: str, deposit_id: str | None, result: str, now: datetime
+    ) -> None:
+        await self._marks.submit((callback_id, deposit_id, result, now))
+
+
 async def receive_callback(
-    db: Database,
+    callbacks: CallbackLog,
     providers: Mapping[str, Provider],
     assets: AssetBook,
     request: Request,
@@ -146,7 +176,9 @@ async def receive_callback(
             raise _Refusal(404, "unknown_provider", f"no provider {request.provider!r}")
         claim = _check(provider, assets, request, now)
     except _Refusal as refusal:
-        await _store_rejected(db, received, refusal)
+        await callbacks.store(
+            ToStore(received, rejection_code=refusal.code, rejection=refusal.reason)
+        )
         log.warning(
             "callback rejected",
             provider=received.provider,
@@ -156,7 +188,7 @@ async def receive_callback(
             source_ip=request.source_ip,
         )
         raise CallbackRejected(refusal.status, refusal.code, refusal.reason, received.id) from None
-    replay_of = await _store_accepted(db, received, claim)
+    replay_of = await callbacks.store(ToStore(received, claim.event_id, claim.as_dict()))
     if replay_of is not None:
         log.info(
             "callback replayed",
@@ -165,7 +197,10 @@ async def receive_callback(
             replay_of=replay_of,
             event_id=claim.event_id,
         )
-    return Acknowledged(received.id, provider, replay_of)
+    if replay_of is not None:
+        return Acknowledged(received.id, provider, replay_of, None)
+    accepted = Unprocessed(received.id, provider.name, provider.merchant_id, claim.as_dict(), 0)
+    return Acknowledged(received.id, provider, None, accepted)
 
 
 class _Refusal(Exception):
@@ -212,29 +247,6 @@ def address_within(address: str, networks: Sequence[IpNetwork]) -> bool:
     return any(ip in network for network in networks)
 
 
-async def _store_rejected(db: Database, received: Received, refusal: _Refusal) -> None:
-    async def store() -> None:
-        async with UnitOfWork(db, write=True) as uow:
-            await uow.callbacks.add_rejected(received, refusal.code, refusal.reason)
-            await uow.commit()
-
-    await retry_transient(store)
-
-
-async def _store_accepted(db: Database, received: Received, claim: ProviderClaim) -> str | None:
-    async def store() -> str | None:
-        async with UnitOfWork(db, write=True) as uow:
-            original = await uow.callbacks.add_accepted(received, claim.event_id, claim.as_dict())
-            await uow.commit()
-            return original
-
-    try:
-        return await retry_transient(store)
-    except IntegrityError:
-        # the same event id was accepted by a concurrent request: this one is its replay
-        return await retry_transient(store)
-
-
 @dataclass(frozen=True)
 class Processed:
     callback_id: str
@@ -275,17 +287,32 @@ class ClaimVerifier:
 
 
 async def process_callbacks(
-    db: Database,
+    callbacks: CallbackLog,
     recorder: Recorder,
     *,
     verifier: ClaimVerifier | None = None,
-    ids: list[str] | None = None,
     older_than: timedelta = timedelta(0),
     limit: int = 500,
     clock: Callable[[], datetime] = utcnow,
 ) -> list[Processed]:
-    """Record the claims of accepted callbacks not yet processed (``ids``, or all received
-    more than ``older_than`` ago), each through the engine, and mark them processed.
+    """Record the claims of the accepted callbacks received more than ``older_than`` ago and
+    not yet processed (``process_accepted``).
+    """
+    async with UnitOfWork(callbacks.db, write=False) as uow:
+        queued = await uow.callbacks.unprocessed(clock() - older_than, limit)
+    return await process_accepted(callbacks, recorder, queued, verifier=verifier, clock=clock)
+
+
+async def process_accepted(
+    callbacks: CallbackLog,
+    recorder: Recorder,
+    accepted: Sequence[Unprocessed],
+    *,
+    verifier: ClaimVerifier | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[Processed]:
+    """Record the claims of accepted callbacks, each through the engine (concurrently: they
+    share its group commits), and mark them processed.
 
     With a ``verifier``, a claim that a deposit on a chain we watch succeeded is checked
     against our node first (``verify``). A claim the engine refuses (an unknown user, an
@@ -293,18 +320,14 @@ async def process_callbacks(
     change it. A database failure, an unreachable node or too few confirmations leave the
     callback queued for the next sweep.
     """
-    async with UnitOfWork(db, write=False) as uow:
-        queued = await uow.callbacks.unprocessed(clock() - older_than, limit, ids=ids)
-    done = []
-    for callback in queued:
-        processed = await _process(db, recorder, verifier, callback, clock)
-        if processed is not None:
-            done.append(processed)
-    return done
+    outcomes = await asyncio.gather(
+        *(_process(callbacks, recorder, verifier, callback, clock) for callback in accepted)
+    )
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 async def _process(
-    db: Database,
+    callbacks: CallbackLog,
     recorder: Recorder,
     verifier: ClaimVerifier | None,
     callback: Unprocessed,
@@ -316,7 +339,7 @@ async def _process(
     try:
         credits = claim.status is ProviderStatus.SUCCEEDED
         if credits and verifier is not None and verifier.watches(claim.asset):
-            observation, settled = await verify(db, verifier, claim, observation)
+            observation, settled = await verify(callbacks.db, verifier, claim, observation)
         recorded = await recorder.record(observation)
     except InputError as exc:
         log.warning(
@@ -325,7 +348,7 @@ async def _process(
             provider=callback.provider,
             reason=str(exc),
         )
-        await _mark_processed(db, callback.id, None, exc.slug, clock())
+        await callbacks.mark_processed(callback.id, None, exc.slug, clock())
         return Processed(callback.id, None, exc.slug)
     except Exception as exc:  # the database or the node, mostly: the sweep tries again
         log.warning(
@@ -333,17 +356,19 @@ async def _process(
             callback_id=callback.id,
             error=f"{type(exc).__name__}: {exc}",
         )
-        await _mark_failed(db, callback.id, f"{type(exc).__name__}: {exc}")
+        await _mark_failed(callbacks.db, callback.id, f"{type(exc).__name__}: {exc}")
         return None
     if not settled:
         await _mark_failed(
-            db, callback.id, f"our node shows {observation.confirmations} confirmations so far"
+            callbacks.db,
+            callback.id,
+            f"our node shows {observation.confirmations} confirmations so far",
         )
         return None
     deposit = recorded.deposit
     deposit_id = deposit.id if deposit is not None else None
     result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
-    await _mark_processed(db, callback.id, deposit_id, result, clock())
+    await callbacks.mark_processed(callback.id, deposit_id, result, clock())
     return Processed(callback.id, deposit_id, result)
 
 
@@ -380,17 +405,6 @@ async def _address_of(db: Database, observation: Observation, chain: str) -> str
             if address.chain == chain:
                 return str(address.address)
     return None
-
-
-async def _mark_processed(
-    db: Database, callback_id: str, deposit_id: str | None, result: str, now: datetime
-) -> None:
-    async def mark() -> None:
-        async with UnitOfWork(db, write=True) as uow:
-            await uow.callbacks.mark_processed(callback_id, deposit_id, result, now)
-            await uow.commit()
-
-    await retry_transient(mark)
 
 
 async def _mark_failed(db: Database, callback_id: str, error: str) -> None:

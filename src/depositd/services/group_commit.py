@@ -1,20 +1,22 @@
-"""Group commit: concurrent single observations share one transaction.
+"""Group commit: concurrent callers share one transaction.
 
 Every recorded observation costs a transaction, and on PostgreSQL the event cursor's row lock
 is held from the event append to the end of the commit, so one-per-transaction writers queue
-behind each other's commits. A ``Recorder`` lets concurrent callers (provider callbacks, API
-requests) hand their observation to one flusher that records whatever has queued up as a
-batch, in order of arrival, and answers each caller once the batch is durable. At low load a
-batch is one observation and nothing waits; under load, batches grow by themselves.
+behind each other's commits. A ``GroupCommit`` lets concurrent callers (provider callbacks, API
+requests) hand their item to one flusher that writes whatever has queued up as a batch, in
+order of arrival, and answers each caller once the batch is durable. At low load a batch is
+one item and nothing waits; under load, batches grow by themselves.
 
-A batch that fails because of one caller's input (say a conflicting amount) is retried one
-observation per transaction, so that caller alone gets the error.
+A batch that fails because of one caller's input (a ``DepositdError``, say a conflicting
+amount) is retried one item per transaction, so that caller alone gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
@@ -22,26 +24,36 @@ from depositd.domain.deposits import Observation
 from depositd.errors import DepositdError
 from depositd.services.observations import Recorded, record_observations
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
 
 class RecorderStopped(Exception):
-    """The recorder stopped (shutdown) before it could confirm this observation.
+    """The group commit stopped (shutdown) before it could confirm this item.
 
-    It may or may not be committed; recording it again is safe, recording is idempotent.
+    It may or may not be committed; writing it again is safe, every batch writer here is
+    idempotent.
     """
 
 
-class Recorder:
-    def __init__(self, db: Database, assets: AssetBook, *, max_batch: int = 256) -> None:
-        self._db = db
-        self._assets = assets
+class GroupCommit(Generic[Item, Result]):
+    """Writes items in batches with ``write_batch`` (one transaction: all or nothing)."""
+
+    def __init__(
+        self,
+        write_batch: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
+        *,
+        max_batch: int = 256,
+    ) -> None:
+        self._write_batch = write_batch
         self._max_batch = max_batch
-        self._queue: deque[tuple[Observation, asyncio.Future[Recorded]]] = deque()
+        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
-    async def record(self, observation: Observation) -> Recorded:
-        """Record ``observation``; returns once it is committed (with others, maybe)."""
-        future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._queue.append((observation, future))
+    async def submit(self, item: Item) -> Result:
+        """Write ``item``; returns its result once it is committed (with others, maybe)."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         # the flusher finishes the batch even if this caller goes away
@@ -52,9 +64,7 @@ class Recorder:
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
             try:
-                results = await record_observations(
-                    self._db, self._assets, [obs for obs, _ in batch]
-                )
+                results = await self._write_batch([item for item, _ in batch])
             except DepositdError:
                 await self._one_by_one(batch)
             except BaseException as exc:  # database down, or we are being cancelled
@@ -70,10 +80,10 @@ class Recorder:
                     if not future.done():
                         future.set_result(result)
 
-    async def _one_by_one(self, batch: list[tuple[Observation, asyncio.Future[Recorded]]]) -> None:
-        for observation, future in batch:
+    async def _one_by_one(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        for item, future in batch:
             try:
-                (result,) = await record_observations(self._db, self._assets, [observation])
+                (result,) = await self._write_batch([item])
             except Exception as exc:
                 _settle(future, exc)
             else:
@@ -81,6 +91,20 @@ class Recorder:
                     future.set_result(result)
 
 
-def _settle(future: asyncio.Future[Recorded], exc: BaseException) -> None:
+class Recorder:
+    """Observations recorded through a group commit (``record_observations`` per batch)."""
+
+    def __init__(self, db: Database, assets: AssetBook, *, max_batch: int = 256) -> None:
+        async def write(observations: Sequence[Observation]) -> list[Recorded]:
+            return await record_observations(db, assets, observations)
+
+        self._commits: GroupCommit[Observation, Recorded] = GroupCommit(write, max_batch=max_batch)
+
+    async def record(self, observation: Observation) -> Recorded:
+        """Record ``observation``; returns once it is committed (with others, maybe)."""
+        return await self._commits.submit(observation)
+
+
+def _settle(future: asyncio.Future[Result], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -15,7 +15,7 @@ import structlog
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
-from depositd.services.callbacks import ClaimVerifier, process_callbacks
+from depositd.services.callbacks import CallbackLog, ClaimVerifier, process_callbacks
 from depositd.services.group_commit import Recorder
 from depositd.workers.orders import DATABASE_TROUBLE
 
@@ -27,6 +27,7 @@ async def sweep_callbacks_forever(db: Database, assets: AssetBook, config: Confi
     logged and tried again at the next tick (each callback's processing is idempotent)."""
     policy = config.callbacks
     recorder = Recorder(db, assets)
+    callbacks = CallbackLog(db)
     verifier = ClaimVerifier(config, assets)
     older_than = timedelta(seconds=policy.sweep_after_seconds)
     log.info("callback sweep started", interval_seconds=policy.sweep_interval_seconds)
@@ -34,7 +35,7 @@ async def sweep_callbacks_forever(db: Database, assets: AssetBook, config: Confi
         while True:
             try:
                 done = await process_callbacks(
-                    db, recorder, verifier=verifier, older_than=older_than
+                    callbacks, recorder, verifier=verifier, older_than=older_than
                 )
             except DATABASE_TROUBLE as exc:
                 log.warning(
