@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -196,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from", dest="created_from", metavar="T", help="from this time ...")
     replay.add_argument("--to", dest="created_to", metavar="T", help="... until this time")
     replay.add_argument("--rate", metavar="R", help="deliveries due per second (default: 50)")
+
+    reconcile_cmd = commands.add_parser(
+        "reconcile",
+        help="recover missed callbacks and report sums that disagree",
+        description="Process stored callbacks still unprocessed after the SLA, ask each"
+        " provider with a status API about its deposits still pending after the SLA (and"
+        " record what it says), then compare every account's balance with its entries and what"
+        " providers claimed succeeded with what was credited. Exits 1 when something disagrees.",
+    )
+    reconcile_cmd.add_argument(
+        "--sla-seconds",
+        metavar="S",
+        help="overdue after this long (default: reconcile.sla_seconds)",
+    )
     return parser
 
 
@@ -273,6 +287,9 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         elif args.command == "replay":
             await _require_schema(db)
             await _replay(db, args)
+        elif args.command == "reconcile":
+            await _require_schema(db)
+            return await _reconcile(db, config, args)
         else:
             await _require_schema(db)
             await merchants.revoke_api_key(db, args.key_id)
@@ -280,6 +297,29 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     finally:
         await db.dispose()
     return 0
+
+
+async def _reconcile(db: Database, config: Config, args: argparse.Namespace) -> int:
+    from depositd.services.reconcile import reconcile  # imports the HTTP client
+
+    sla = None
+    if args.sla_seconds is not None:
+        seconds = _number("--sla-seconds", args.sla_seconds, float)
+        if seconds < 0:
+            raise DepositdError(f"--sla-seconds {args.sla_seconds!r}: must not be negative")
+        sla = timedelta(seconds=seconds)
+    report = await reconcile(db, config, config.asset_book(), sla=sla)
+    print(f"stored callbacks processed late: {report.processed}")
+    for found in report.recovered:
+        print(f"recovered {found.provider}:{found.provider_deposit_id}"
+              f" {found.before} -> {found.after}")  # fmt: skip
+    for unanswered in report.unanswered:
+        print(f"no answer from the provider about {unanswered}")
+    for mismatch in report.mismatches:
+        print(f"MISMATCH {mismatch.kind} {mismatch.subject}: expected {mismatch.expected},"
+              f" found {mismatch.actual}")  # fmt: skip
+    print(f"mismatches: {len(report.mismatches)}")
+    return 1 if report.mismatches else 0
 
 
 async def _list_deliveries(db: Database, args: argparse.Namespace) -> None:

@@ -207,6 +207,18 @@ class PayloadMapping(_Section):
         return pointer
 
 
+class StatusApiConfig(_Section):
+    """A provider's API for the status of one deposit, asked when its callbacks are overdue."""
+
+    #: ``GET`` this URL, ``{deposit_id}`` replaced by the provider's deposit id; the answer is
+    #: read with the provider's ``mapping``, like a callback's body
+    url: str = Field(pattern=r"^https?://.*\{deposit_id\}")
+    #: header carrying the token (``DEPOSITD_PROVIDERS__<NAME>__STATUS__TOKEN``), if any
+    token_header: str | None = None
+    token: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+
 class ProviderConfig(_Section):
     """An upstream provider that posts deposit callbacks to ``/v1/callbacks/<name>``."""
 
@@ -231,6 +243,8 @@ class ProviderConfig(_Section):
     max_body_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024)
     ack: AckConfig = AckConfig()
     mapping: PayloadMapping
+    #: where to ask for a deposit's status when its callbacks are overdue (reconciliation)
+    status: StatusApiConfig | None = None
 
     _ips = field_validator("allowed_ips")(_check_networks)
 
@@ -286,6 +300,17 @@ class CallbacksConfig(_Section):
     sweep_after_seconds: float = Field(10.0, ge=0, le=3600)
 
 
+class ReconcileConfig(_Section):
+    """Missed-callback recovery (补单): what counts as overdue, and how often to look."""
+
+    #: provider deposits still pending or confirming this long after their last change are
+    #: asked about at the provider; stored callbacks unprocessed this long are processed
+    sla_seconds: float = Field(600.0, ge=0, le=30 * 86_400)
+    interval_seconds: float = Field(300.0, gt=0, le=86_400)
+    #: how far back the report compares what providers claimed with what was credited
+    window_days: float = Field(7.0, gt=0, le=366)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database: DatabaseConfig = DatabaseConfig()
@@ -295,6 +320,7 @@ class Config(_Section):
     assets: list[AssetConfig] = []
     providers: dict[str, ProviderConfig] = {}
     callbacks: CallbacksConfig = CallbacksConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
 
     def database_url(self) -> str:
         if self.database.url_file is not None:
@@ -404,6 +430,12 @@ def _refuse_secrets_in_file(raw: Mapping[str, Any], source: str) -> None:
                 f"providers.{name}.secrets: secrets do not belong in the config file ({source});"
                 f" set DEPOSITD_PROVIDERS__{name.upper()}__SECRETS or secrets_file"
             )
+        status = provider.get("status") if isinstance(provider, dict) else None
+        if isinstance(status, dict) and status.get("token"):
+            raise ConfigError(
+                f"providers.{name}.status.token: secrets do not belong in the config file"
+                f" ({source}); set DEPOSITD_PROVIDERS__{name.upper()}__STATUS__TOKEN"
+            )
     database = raw.get("database")
     url = database.get("url") if isinstance(database, dict) else None
     if isinstance(url, str):
@@ -433,7 +465,7 @@ def _override(raw: dict[str, Any], name: str, value: str) -> None:
 
 #: keys whose values may hold a secret, so an error about them never repeats the value
 _SECRET_KEYS = frozenset({"database.url", "database.url_file"})
-_SECRET_PARTS = frozenset({"secrets", "secrets_file"})
+_SECRET_PARTS = frozenset({"secrets", "secrets_file", "token"})
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -85,19 +85,23 @@ class CallbackRepository:
         )
         return original
 
-    async def unprocessed(
-        self, received_before: datetime, limit: int, *, ids: list[str] | None = None
-    ) -> list[Unprocessed]:
-        """Accepted callbacks not yet processed, oldest first (or just ``ids`` among them)."""
+    async def unprocessed(self, received_before: datetime, limit: int) -> list[Unprocessed]:
+        """Accepted callbacks not yet processed, received before then, oldest first."""
         c = inbound_callbacks.c
         query = select(c.id, c.provider, c.merchant_id, c.claim, c.attempts).where(
-            and_(c.outcome == ACCEPTED, c.processed_at.is_(None))
+            and_(c.outcome == ACCEPTED, c.processed_at.is_(None), c.received_at < received_before)
         )
-        if ids is not None:
-            query = query.where(c.id.in_(ids))
-        else:
-            query = query.where(c.received_at < received_before)
         rows = await self._conn.execute(query.order_by(c.received_at).limit(limit))
+        return [Unprocessed(r.id, r.provider, r.merchant_id, r.claim, r.attempts) for r in rows]
+
+    async def claims_since(self, since: datetime) -> list[Unprocessed]:
+        """Every accepted callback received since then, in the order received."""
+        c = inbound_callbacks.c
+        rows = await self._conn.execute(
+            select(c.id, c.provider, c.merchant_id, c.claim, c.attempts)
+            .where(c.outcome == ACCEPTED, c.received_at >= since)
+            .order_by(c.received_at, c.id)
+        )
         return [Unprocessed(r.id, r.provider, r.merchant_id, r.claim, r.attempts) for r in rows]
 
     async def mark_processed(

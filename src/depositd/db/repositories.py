@@ -295,6 +295,39 @@ class DepositRepository:
         row = result.first()
         return None if row is None else deposit_from_row(row._mapping)
 
+    async def overdue_from_provider(
+        self, merchant_id: str, provider: str, changed_before: datetime, limit: int
+    ) -> list[DepositState]:
+        """A provider's deposits still pending or confirming, unchanged since before then."""
+        result = await self._conn.execute(
+            DEPOSIT_WITH_USER.where(
+                deposits.c.merchant_id == merchant_id,
+                deposits.c.provider == provider,
+                deposits.c.status.in_(["pending", "confirming"]),
+                deposits.c.updated_at < changed_before,
+            )
+            .order_by(deposits.c.updated_at)
+            .limit(limit)
+        )
+        return [deposit_from_row(row._mapping) for row in result]
+
+    async def from_provider(
+        self, merchant_id: str, provider: str, provider_ids: Sequence[str]
+    ) -> dict[str, DepositState]:
+        """A provider's deposits by the provider's ids (the ones we have)."""
+        found: dict[str, DepositState] = {}
+        for start in range(0, len(provider_ids), 500):
+            result = await self._conn.execute(
+                DEPOSIT_WITH_USER.where(
+                    deposits.c.merchant_id == merchant_id,
+                    deposits.c.provider == provider,
+                    deposits.c.provider_deposit_id.in_(provider_ids[start : start + 500]),
+                )
+            )
+            for row in result:
+                found[row.provider_deposit_id] = deposit_from_row(row._mapping)
+        return found
+
     async def page(
         self, where: DepositFilter, before_id: str | None, limit: int
     ) -> list[DepositState]:

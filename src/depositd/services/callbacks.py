@@ -326,6 +326,47 @@ async def process_accepted(
     return [outcome for outcome in outcomes if outcome is not None]
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What recording one claim did."""
+
+    deposit_id: str | None
+    #: the deposit's status after recording, ``unchanged``, or the slug of why it could not
+    #: be recorded (an unknown user, a conflicting amount)
+    result: str
+    #: False while the claim cannot be settled yet (our node shows too few confirmations)
+    final: bool = True
+
+
+async def settle_claim(
+    db: Database,
+    recorder: Recorder,
+    verifier: ClaimVerifier | None,
+    claim: ProviderClaim,
+    merchant_id: str,
+    provider: str,
+) -> Settlement:
+    """Record what ``claim`` says through the engine (after checking a claimed credit on a
+    chain we watch against our node). Database and node failures propagate."""
+    observation = claim.observation(merchant_id, provider)
+    final = True
+    try:
+        credits = claim.status is ProviderStatus.SUCCEEDED
+        if credits and verifier is not None and verifier.watches(claim.asset):
+            observation, final = await verify(db, verifier, claim, observation)
+        recorded = await recorder.record(observation)
+    except InputError as exc:
+        log.warning("claim not recorded", provider=provider, deposit=claim.deposit_id,
+                    reason=str(exc))  # fmt: skip
+        return Settlement(None, exc.slug)
+    deposit = recorded.deposit
+    deposit_id = deposit.id if deposit is not None else None
+    if not final:
+        return Settlement(deposit_id, f"{observation.confirmations} confirmations", final=False)
+    result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
+    return Settlement(deposit_id, result)
+
+
 async def _process(
     callbacks: CallbackLog,
     recorder: Recorder,
@@ -334,22 +375,10 @@ async def _process(
     clock: Callable[[], datetime],
 ) -> Processed | None:
     claim = ProviderClaim.from_dict(callback.claim)
-    observation = claim.observation(callback.merchant_id, callback.provider)
-    settled = True
     try:
-        credits = claim.status is ProviderStatus.SUCCEEDED
-        if credits and verifier is not None and verifier.watches(claim.asset):
-            observation, settled = await verify(callbacks.db, verifier, claim, observation)
-        recorded = await recorder.record(observation)
-    except InputError as exc:
-        log.warning(
-            "callback claim not recorded",
-            callback_id=callback.id,
-            provider=callback.provider,
-            reason=str(exc),
+        settled = await settle_claim(
+            callbacks.db, recorder, verifier, claim, callback.merchant_id, callback.provider
         )
-        await callbacks.mark_processed(callback.id, None, exc.slug, clock())
-        return Processed(callback.id, None, exc.slug)
     except Exception as exc:  # the database or the node, mostly: the sweep tries again
         log.warning(
             "callback processing failed; the sweep will try again",
@@ -358,18 +387,11 @@ async def _process(
         )
         await _mark_failed(callbacks.db, callback.id, f"{type(exc).__name__}: {exc}")
         return None
-    if not settled:
-        await _mark_failed(
-            callbacks.db,
-            callback.id,
-            f"our node shows {observation.confirmations} confirmations so far",
-        )
+    if not settled.final:
+        await _mark_failed(callbacks.db, callback.id, f"our node shows {settled.result} so far")
         return None
-    deposit = recorded.deposit
-    deposit_id = deposit.id if deposit is not None else None
-    result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
-    await callbacks.mark_processed(callback.id, deposit_id, result, clock())
-    return Processed(callback.id, deposit_id, result)
+    await callbacks.mark_processed(callback.id, settled.deposit_id, settled.result, clock())
+    return Processed(callback.id, settled.deposit_id, settled.result)
 
 
 async def verify(

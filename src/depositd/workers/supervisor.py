@@ -18,6 +18,7 @@ from depositd.workers import ROLES
 from depositd.workers.backoff import Backoff
 from depositd.workers.callbacks import sweep_callbacks_forever
 from depositd.workers.orders import expire_orders_forever
+from depositd.workers.reconciler import reconcile_forever
 from depositd.workers.sender import Sender
 from depositd.workers.watcher import ChainWatcher
 
@@ -62,7 +63,8 @@ class Supervisor:
 
 class Workers:
     """Every background loop the configuration asks for: a watcher per chain with a node
-    URL, the webhook sender, the deposit order expiry sweeper and the callback sweep."""
+    URL, the webhook sender, the deposit order expiry sweeper, the callback sweep and the
+    reconciler."""
 
     def __init__(
         self,
@@ -91,6 +93,10 @@ class Workers:
         if "order-expiry" in self.roles:
             self._supervisor.start(
                 "order-expiry", lambda: expire_orders_forever(self._db, self._assets)
+            )
+        if "reconciler" in self.roles:
+            self._supervisor.start(
+                "reconciler", lambda: reconcile_forever(self._db, self._assets, self._config)
             )
         if "callbacks" in self.roles:
             self._supervisor.start(
