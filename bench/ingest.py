@@ -27,7 +27,7 @@ for the server and PostgreSQL. Ratios compare figures of the same run; the machi
 and noisy.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64] [--threads 2]
-        [--rate 1000] [--steady-seconds 15] [--users 1000] [--quick]
+        [--rate 1000] [--steady-seconds 15] [--users 1000] [--processes 1] [--quick]
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def config_file(directory: Path, merchant_id: str) -> Path:
     return path
 
 
-def start_server(db: Database, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    db: Database, config: Path, port: int, log: Path, processes: int
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DEPOSITD_DATABASE__URL": db.url.set(drivername="postgresql").render_as_string(
@@ -162,7 +164,10 @@ def start_server(db: Database, config: Path, port: int, log: Path) -> subprocess
     command = [sys.executable, "-m", "depositd.cli", "--config", str(config), "serve"]
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 - our own command line
-            [*command, "--port", str(port)], env=env, stdout=out, stderr=out
+            [*command, "--port", str(port), "--processes", str(processes)],
+            env=env,
+            stdout=out,
+            stderr=out,
         )
 
 
@@ -296,7 +301,8 @@ async def bench(args: argparse.Namespace) -> None:
             directory = Path(tmp)
             port = free_port()
             log = directory / "server.log"
-            server = start_server(db, config_file(directory, merchant.id), port, log)
+            config = config_file(directory, merchant.id)
+            server = start_server(db, config, port, log, args.processes)
             try:
                 wait_for_port(port, server, "depositd serve")
                 await asyncio.sleep(1.0)  # workers and pools up
@@ -321,7 +327,7 @@ async def measure(
     requests_file.write_text("".join(f"{e}\n{t}\n{s}\n{b}\n" for e, t, s, b in signed))
     script = directory / "callbacks.lua"
     script.write_text(WRK_SCRIPT)
-    cpu = CpuMeter({"server": pid})
+    cpu = CpuMeter({"server": pid})  # the server's processes are its children
 
     warm = run_wrk(argparse.Namespace(**{**vars(args), "seconds": 2}), f"{base}/healthz")
     assert warm.requests > 0
@@ -396,7 +402,8 @@ def report(
     stored, all_accepted, all_credited = totals
     acknowledged = ingest_acked + len(steady.acknowledged)
     print()
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, PostgreSQL, 2 cores")
+    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, PostgreSQL, 2 cores,"
+          f" depositd serve --processes {args.processes}")  # fmt: skip
     print(f"floor  GET /healthz            {floor.per_second:9,.0f} req/s  "
           f"p50 {floor.p50_ms:.2f} ms  p99 {floor.p99_ms:.2f} ms  errors {floor.non_2xx + floor.socket_errors}")  # fmt: skip  # noqa: E501
     print(f"ingest POST {PATH}  {ingest.per_second:9,.0f} acknowledged/s  "
@@ -431,6 +438,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="steady phase, callbacks/s")
     parser.add_argument("--steady-seconds", type=float, default=15)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=1, help="depositd serve --processes")
     parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run")
     args = parser.parse_args()
     if args.quick:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -64,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="serve from N processes on one socket (PostgreSQL only; default: server.processes)",
+    )
     serve.add_argument(
         "--no-workers",
         action="store_true",
@@ -498,16 +508,67 @@ API reference: {base_url}/docs   (OpenAPI: {base_url}/openapi.json)
 
 
 def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    processes = args.processes if args.processes is not None else config.server.processes
+    if processes < 1:
+        raise DepositdError(f"--processes {processes}: at least 1")
+    workers = dev or not args.no_workers
+    if processes == 1:
+        return _serve_one(config, host, port, dev=dev, workers=workers, sockets=None)
+    if dev or make_url(config.database_url()).get_backend_name() != "postgresql":
+        raise ConfigError("server.processes: more than one process needs PostgreSQL")
+    # one listening socket, made before forking: the kernel spreads connections over the
+    # processes; the first also runs the background workers (if asked), the others only serve
+    listener = socket.create_server((host, port), backlog=2048)
+    children = []
+    for _ in range(processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            code = _serve_one(config, host, port, dev=False, workers=False, sockets=[listener])
+            os._exit(code)
+        children.append(pid)
+
+    async def stop_children() -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                await asyncio.to_thread(os.waitpid, pid, 0)
+
+    log.info("serving in several processes", processes=processes, children=children)
+    return _serve_one(
+        config, host, port, dev=False, workers=workers, sockets=[listener], on_stop=stop_children
+    )
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a killed parent leaves no
+    orphans serving on); elsewhere, nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _serve_one(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    dev: bool,
+    workers: bool,
+    sockets: list[socket.socket] | None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> int:
     # the web stack is imported only when serving: admin verbs start twice as fast
     import uvicorn
     import uvloop
 
     from depositd.app import create_app
 
-    host = args.host or config.server.host
-    port = args.port or config.server.port
     db = Database(config.database_url())
-    workers = dev or not args.no_workers
 
     async def run() -> None:
         node = None
@@ -516,14 +577,16 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
         else:
             await _require_schema(db)
 
-        async def stop_dev_chain() -> None:
+        async def stop() -> None:
             if node is not None and node.poll() is None:
                 node.terminate()  # anvil writes its state file on the way out
                 await asyncio.to_thread(node.wait, 15)
+            if on_stop is not None:
+                await on_stop()
 
         tls = config.server.tls_cert_file is not None
         log.info("starting", database=db.safe_url(), host=host, port=port, workers=workers, tls=tls)
-        app = create_app(config, db, workers=workers, on_shutdown=stop_dev_chain)
+        app = create_app(config, db, workers=workers, on_shutdown=stop)
         freeze_startup_objects()
         server = uvicorn.Server(
             uvicorn.Config(
@@ -540,12 +603,13 @@ def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
             )
         )
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             # reached on Ctrl-C; after SIGTERM uvicorn ends the process once the app has shut
-            # down, which is why the app's shutdown stops the dev chain
+            # down, which is why the app's shutdown stops the dev chain (and the other
+            # processes)
             await db.dispose()
-            await stop_dev_chain()
+            await stop()
 
     # the server runs inside our own loop (uvicorn's ``loop`` setting is not applied then)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -65,6 +65,9 @@ class ServerConfig(_Section):
     #: a request from one of them comes from the last address in that header not itself a
     #: trusted proxy. Empty: the peer address is the source, whatever the headers say.
     trusted_proxies: list[str] = []
+    #: processes serving the API on one socket (PostgreSQL only); the first also runs the
+    #: background workers
+    processes: int = Field(1, ge=1, le=64)
     #: PEM certificate chain and private key: with both, ``depositd serve`` speaks HTTPS itself
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
