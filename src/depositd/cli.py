@@ -510,13 +510,14 @@ API reference: {base_url}/docs   (OpenAPI: {base_url}/openapi.json)
 def _serve(config: Config, args: argparse.Namespace, *, dev: bool) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
-    processes = args.processes if args.processes is not None else config.server.processes
+    asked = getattr(args, "processes", None)  # serve only: dev is one process
+    processes = 1 if dev else asked if asked is not None else config.server.processes
     if processes < 1:
         raise DepositdError(f"--processes {processes}: at least 1")
     workers = dev or not args.no_workers
     if processes == 1:
         return _serve_one(config, host, port, dev=dev, workers=workers, sockets=None)
-    if dev or make_url(config.database_url()).get_backend_name() != "postgresql":
+    if make_url(config.database_url()).get_backend_name() != "postgresql":
         raise ConfigError("server.processes: more than one process needs PostgreSQL")
     # one listening socket, made before forking: the kernel spreads connections over the
     # processes; the first also runs the background workers (if asked), the others only serve
