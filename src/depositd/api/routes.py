@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import AwareDatetime
@@ -174,23 +174,23 @@ async def get_deposit(
     )
 
 
+NOT_HELD: dict[int | str, dict[str, Any]] = {
+    409: {"description": "the deposit is not held (already decided, or never was)"}
+}
+DepositIdPath = Annotated[str, Path(max_length=40)]
+
+
 @router.post(
     "/deposits/{deposit_id}/approve",
     response_model=DepositOut,
     tags=["deposits"],
     summary="Credit a deposit held for review",
-    responses={409: {"description": "the deposit is not held (already decided, or never was)"}},
+    responses=NOT_HELD,
 )
 async def approve_deposit(
-    deposit_id: Annotated[str, Path(max_length=40)],
-    merchant_id: MerchantId,
-    ctx: Context,
-    language: Language,
+    deposit_id: DepositIdPath, merchant_id: MerchantId, ctx: Context, language: Language
 ) -> DepositOut:
-    decided = await reviews.review_deposit(
-        ctx.db, ctx.assets, merchant_id, deposit_id, approve=True
-    )
-    return DepositOut.of(decided, ctx.assets[decided.asset], language)
+    return await _review(ctx, merchant_id, deposit_id, language, approve=True)
 
 
 @router.post(
@@ -198,16 +198,19 @@ async def approve_deposit(
     response_model=DepositOut,
     tags=["deposits"],
     summary="Reject a deposit held for review: it is never credited",
-    responses={409: {"description": "the deposit is not held (already decided, or never was)"}},
+    responses=NOT_HELD,
 )
 async def reject_deposit(
-    deposit_id: Annotated[str, Path(max_length=40)],
-    merchant_id: MerchantId,
-    ctx: Context,
-    language: Language,
+    deposit_id: DepositIdPath, merchant_id: MerchantId, ctx: Context, language: Language
+) -> DepositOut:
+    return await _review(ctx, merchant_id, deposit_id, language, approve=False)
+
+
+async def _review(
+    ctx: AppContext, merchant_id: str, deposit_id: str, language: str, *, approve: bool
 ) -> DepositOut:
     decided = await reviews.review_deposit(
-        ctx.db, ctx.assets, merchant_id, deposit_id, approve=False
+        ctx.db, ctx.assets, merchant_id, deposit_id, approve=approve
     )
     return DepositOut.of(decided, ctx.assets[decided.asset], language)
 
