@@ -213,9 +213,7 @@ async def store_callbacks(db: Database, items: Sequence[ToStore]) -> list[str | 
         return [replays.get(item.received.id) for item in items]
 
 
-async def mark_processed(
-    db: Database, outcomes: Sequence[tuple[str, str | None, str, datetime]]
-) -> list[None]:
+async def mark_processed(db: Database, outcomes: Sequence[Outcome]) -> list[None]:
     """Mark a batch of callbacks processed: (callback id, deposit id, result, when) each."""
     if db.is_sqlite:
         async with db.writer.begin() as conn:
@@ -225,14 +223,22 @@ async def mark_processed(
     else:
         pool = await db.driver_pool()
         async with pool.acquire() as conn:
-            await conn.execute(
-                _PG_MARK_PROCESSED,
-                [callback_id for callback_id, _, _, _ in outcomes],
-                [deposit_id for _, deposit_id, _, _ in outcomes],
-                [result for _, _, result, _ in outcomes],
-                [now for _, _, _, now in outcomes],
-            )
+            await conn.execute(PG_MARK_PROCESSED, *pg_mark_arguments(outcomes))
     return [None] * len(outcomes)
+
+
+#: a processed callback's outcome: (callback id, deposit id, result, when)
+Outcome = tuple[str, str | None, str, datetime]
+
+
+def pg_mark_arguments(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    """The parameters of ``PG_MARK_PROCESSED`` for these outcomes."""
+    return [
+        [callback_id for callback_id, _, _, _ in outcomes],
+        [deposit_id for _, deposit_id, _, _ in outcomes],
+        [result for _, _, result, _ in outcomes],
+        [now for _, _, _, now in outcomes],
+    ]
 
 
 def _pg_received(received: Sequence[Received]) -> list[list[Any]]:
@@ -276,7 +282,7 @@ JOIN inbound_callbacks original ON original.provider = t.provider
     AND original.event_id = t.a AND original.outcome = 'accepted'
 RETURNING id, replay_of
 """  # noqa: S608 (our own SQL)
-_PG_MARK_PROCESSED = """
+PG_MARK_PROCESSED = """
 UPDATE inbound_callbacks c SET processed_at = t.processed_at, deposit_id = t.deposit_id,
     result = t.result, attempts = c.attempts + 1
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from sqlalchemy.engine import Connection
 
+from depositd.db.callbacks import PG_MARK_PROCESSED, Outcome, pg_mark_arguments
 from depositd.db.engine import Database
 from depositd.db.repositories import (
     QUEUE_DELIVERIES,
@@ -61,6 +62,9 @@ class RecordingStore(Protocol):
 
         Call last: from here the event cursor is locked until commit.
         """
+
+    async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
+        """Mark the stored callbacks whose claims this transaction records as processed."""
 
     async def commit(self) -> None: ...
 
@@ -307,6 +311,11 @@ class _SqliteStore:
             ],
         )
 
+    async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
+        rows = [(_sqlite_stamp(now), deposit_id, result, callback_id)
+                for callback_id, deposit_id, result, now in outcomes]  # fmt: skip
+        await self._in_thread(self._executemany, _SQLITE_MARK_PROCESSED, rows)
+
     async def commit(self) -> None:
         await self._in_thread(self.conn.commit)
 
@@ -500,6 +509,10 @@ _SQLITE_POST = """
 INSERT INTO ledger_entries (account_id, deposit_id, kind, generation, amount, created_at)
 VALUES (?, ?, ?, ?, ?, ?)
 """
+_SQLITE_MARK_PROCESSED = """
+UPDATE inbound_callbacks SET processed_at = ?, deposit_id = ?, result = ?, attempts = attempts + 1
+WHERE id = ?
+"""
 _SQLITE_ADVANCE_COUNTER = (
     "UPDATE event_counter SET last_seq = last_seq + ? WHERE id = 1 RETURNING last_seq"
 )
@@ -646,6 +659,9 @@ class _PostgresStore:
             raise RetryTransaction("an account was opened concurrently")
         last: int = row["last_seq"]
         return list(range(last - len(events) + 1, last + 1))
+
+    async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
+        await self._conn.execute(PG_MARK_PROCESSED, *pg_mark_arguments(outcomes))
 
     async def commit(self) -> None:
         await self._transaction.commit()

@@ -336,6 +336,8 @@ class Settlement:
     result: str
     #: False while the claim cannot be settled yet (our node shows too few confirmations)
     final: bool = True
+    #: its callback was marked processed in the transaction that recorded it
+    marked: bool = False
 
 
 async def settle_claim(
@@ -345,16 +347,20 @@ async def settle_claim(
     claim: ProviderClaim,
     merchant_id: str,
     provider: str,
+    *,
+    callback_id: str | None = None,
 ) -> Settlement:
     """Record what ``claim`` says through the engine (after checking a claimed credit on a
-    chain we watch against our node). Database and node failures propagate."""
+    chain we watch against our node); a final settlement of the stored callback
+    ``callback_id`` marks it processed in the same transaction. Database and node failures
+    propagate."""
     observation = claim.observation(merchant_id, provider)
     final = True
     try:
         credits = claim.status is ProviderStatus.SUCCEEDED
         if credits and verifier is not None and verifier.watches(claim.asset):
             observation, final = await verify(db, verifier, claim, observation)
-        recorded = await recorder.record(observation)
+        recorded = await recorder.record(observation, callback_id=callback_id if final else None)
     except InputError as exc:
         log.warning("claim not recorded", provider=provider, deposit=claim.deposit_id,
                     reason=str(exc))  # fmt: skip
@@ -363,8 +369,7 @@ async def settle_claim(
     deposit_id = deposit.id if deposit is not None else None
     if not final:
         return Settlement(deposit_id, f"{observation.confirmations} confirmations", final=False)
-    result = deposit.status.value if deposit is not None and recorded.changed else "unchanged"
-    return Settlement(deposit_id, result)
+    return Settlement(deposit_id, recorded.outcome, marked=callback_id is not None)
 
 
 async def _process(
@@ -377,7 +382,13 @@ async def _process(
     claim = ProviderClaim.from_dict(callback.claim)
     try:
         settled = await settle_claim(
-            callbacks.db, recorder, verifier, claim, callback.merchant_id, callback.provider
+            callbacks.db,
+            recorder,
+            verifier,
+            claim,
+            callback.merchant_id,
+            callback.provider,
+            callback_id=callback.id,
         )
     except Exception as exc:  # the database or the node, mostly: the sweep tries again
         log.warning(
@@ -390,7 +401,8 @@ async def _process(
     if not settled.final:
         await _mark_failed(callbacks.db, callback.id, f"our node shows {settled.result} so far")
         return None
-    await callbacks.mark_processed(callback.id, settled.deposit_id, settled.result, clock())
+    if not settled.marked:  # a claim the engine refused: marked on its own
+        await callbacks.mark_processed(callback.id, settled.deposit_id, settled.result, clock())
     return Processed(callback.id, settled.deposit_id, settled.result)
 
 

@@ -95,14 +95,23 @@ class Recorder:
     """Observations recorded through a group commit (``record_observations`` per batch)."""
 
     def __init__(self, db: Database, assets: AssetBook, *, max_batch: int = 256) -> None:
-        async def write(observations: Sequence[Observation]) -> list[Recorded]:
-            return await record_observations(db, assets, observations)
+        async def write(items: Sequence[tuple[Observation, str | None]]) -> list[Recorded]:
+            callbacks = [callback_id for _, callback_id in items]
+            return await record_observations(
+                db,
+                assets,
+                [observation for observation, _ in items],
+                callbacks=callbacks if any(callbacks) else None,
+            )
 
-        self._commits: GroupCommit[Observation, Recorded] = GroupCommit(write, max_batch=max_batch)
+        self._commits: GroupCommit[tuple[Observation, str | None], Recorded] = GroupCommit(
+            write, max_batch=max_batch
+        )
 
-    async def record(self, observation: Observation) -> Recorded:
-        """Record ``observation``; returns once it is committed (with others, maybe)."""
-        return await self._commits.submit(observation)
+    async def record(self, observation: Observation, *, callback_id: str | None = None) -> Recorded:
+        """Record ``observation``; returns once it is committed (with others, maybe). With a
+        ``callback_id``, that stored callback is marked processed in the same transaction."""
+        return await self._commits.submit((observation, callback_id))
 
 
 def _settle(future: asyncio.Future[Result], exc: BaseException) -> None:

@@ -29,6 +29,13 @@ class Recorded:
     changed: bool
     seq: int | None
 
+    @property
+    def outcome(self) -> str:
+        """The deposit's status after a change, else ``unchanged``."""
+        if self.deposit is not None and self.changed:
+            return self.deposit.status.value
+        return "unchanged"
+
 
 async def record_observation(db: Database, assets: AssetBook, observation: Observation) -> Recorded:
     """Record one observation in its own transaction."""
@@ -42,8 +49,12 @@ async def record_observations(
     observations: Sequence[Observation],
     *,
     clock: Callable[[], datetime] = utcnow,
+    callbacks: Sequence[str | None] | None = None,
 ) -> list[Recorded]:
     """Record a batch (say, one block's worth) in one transaction, in order.
+
+    ``callbacks`` names, for each observation, the stored inbound callback it comes from (or
+    None): the same transaction marks those processed, with what recording them did.
 
     Idempotent: an observation that adds nothing (a duplicate, a replay, a stale confirmation
     count) changes nothing and emits nothing. Each real change moves the deposit through the
@@ -64,7 +75,15 @@ async def record_observations(
 
     async def attempt() -> list[Recorded]:
         async with open_recording(db) as store:
-            recorded = await _record(store, assets, observations, owners, clock())
+            now = clock()
+            recorded = await _record(store, assets, observations, owners, now)
+            outcomes = [
+                (callback_id, r.deposit.id if r.deposit is not None else None, r.outcome, now)
+                for callback_id, r in zip(callbacks or (), recorded, strict=False)
+                if callback_id is not None
+            ]
+            if outcomes:
+                await store.mark_callbacks(outcomes)
             await store.commit()
             _announce_commit(db, recorded)
             return recorded
