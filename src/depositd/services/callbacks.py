@@ -28,6 +28,7 @@ from depositd.chain.rpc import EvmRpc
 from depositd.clock import utcnow
 from depositd.config import AckConfig, Config, PayloadMapping
 from depositd.db.callbacks import (
+    Outcome,
     Received,
     ToStore,
     Unprocessed,
@@ -135,9 +136,7 @@ class CallbackLog:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._stores: GroupCommit[ToStore, str | None] = GroupCommit(partial(store_callbacks, db))
-        self._marks: GroupCommit[tuple[str, str | None, str, datetime], None] = GroupCommit(
-            partial(mark_processed, db)
-        )
+        self._marks: GroupCommit[Outcome, None] = GroupCommit(partial(mark_processed, db))
 
     async def store(self, item: ToStore) -> str | None:
         """Store one callback; the accepted callback it repeats, if it does."""
@@ -197,7 +196,6 @@ async def receive_callback(
             replay_of=replay_of,
             event_id=claim.event_id,
         )
-    if replay_of is not None:
         return Acknowledged(received.id, provider, replay_of, None)
     accepted = Unprocessed(received.id, provider.name, provider.merchant_id, claim.as_dict(), 0)
     return Acknowledged(received.id, provider, None, accepted)
