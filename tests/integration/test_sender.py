@@ -67,7 +67,8 @@ async def serve() -> AsyncIterator[Callable[[Receiver], Any]]:
     async def start(receiver: Receiver) -> Receiver:
         app = web.Application()
         app.router.add_post("/{tail:.*}", receiver.handle)
-        runner = web.AppRunner(app, access_log=None)
+        # a still-running handler (a receiver made to hang) is not waited for at the end
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
