@@ -20,6 +20,7 @@ from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
+from depositd.providers.payments import PaymentGateways
 from depositd.services.callbacks import CallbackLog, ClaimVerifier, providers_from
 from depositd.services.group_commit import Recorder
 from depositd.workers.supervisor import Workers
@@ -43,6 +44,7 @@ def create_app(
     assets = config.asset_book()
     background = Workers(config, database, assets) if workers else None
     verifier = ClaimVerifier(config, assets)
+    payments = PaymentGateways.from_config(config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +57,7 @@ def create_app(
             if background is not None:
                 await background.stop()
             await verifier.close()
+            await payments.close()
             if owns_db:
                 await database.dispose()
             if on_shutdown is not None:
@@ -81,6 +84,7 @@ def create_app(
         ),
         max_body_bytes=config.server.max_body_bytes,
         verifier=verifier,
+        payments=payments,
     )
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)

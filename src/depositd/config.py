@@ -158,13 +158,16 @@ class TierConfig(_Section):
 
 class AssetConfig(_Section):
     code: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
-    chain: str
+    #: the chain it moves on; none for a fiat currency, paid through a payment provider
+    #: (card, bank transfer) with amounts in minor units (``decimals = 2``: cents)
+    chain: str | None = None
     symbol: str
     decimals: int = Field(ge=0, le=77)
     #: token contract (0x…), or none for the chain's native coin
     contract: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$")
     min_deposit: str
-    confirmations: int = Field(ge=0)
+    #: required for an on-chain asset; a fiat payment is final when its provider says so
+    confirmations: int | None = Field(None, ge=0)
     tiers: list[TierConfig] = []
 
 
@@ -194,6 +197,8 @@ class PayloadMapping(_Section):
     #: deposit on a chain we watch (without an address: the user's deposit address there)
     tx_hash: str | None = None
     address: str | None = None
+    #: why a failed payment failed (a decline code like ``insufficient_funds``): the user's hint
+    reason: str | None = None
     #: "decimal": amounts in the asset's units ("12.5"); "base": integers in base units
     amount_unit: Literal["decimal", "base"] = "decimal"
     #: the provider's asset names mapped to our asset codes (unlisted names are used as is)
@@ -202,7 +207,7 @@ class PayloadMapping(_Section):
     statuses: dict[str, ProviderStatus]
 
     @field_validator("event_id", "deposit_id", "user", "asset", "amount", "status",
-                     "confirmations", "tx_hash", "address")  # fmt: skip
+                     "confirmations", "tx_hash", "address", "reason")  # fmt: skip
     @classmethod
     def _pointer(cls, pointer: str | None) -> str | None:
         if pointer is not None and not pointer.startswith("/"):
@@ -220,6 +225,29 @@ class StatusApiConfig(_Section):
     token_header: str | None = None
     token: str | None = None
     timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+
+class PaymentsApiConfig(_Section):
+    """A payment provider's API for starting card and bank transfer payments.
+
+    depositd POSTs ``{"reference", "method", "amount", "currency", "customer", "metadata",
+    "expires_at"}`` (``amount`` in minor units, our order id as ``reference`` and as the
+    ``Idempotency-Key`` header) and reads the provider's payment id — the deposit id its
+    callbacks will carry — and what the user needs from the answer, by JSON pointers.
+    """
+
+    url: str = Field(pattern=r"^https?://")
+    #: the methods this provider takes for its merchant
+    methods: list[Literal["card", "bank_transfer"]] = Field(min_length=1)
+    #: header carrying the token (``DEPOSITD_PROVIDERS__<NAME>__PAYMENTS__TOKEN``), if any;
+    #: ``authorization`` sends ``Bearer <token>``
+    token_header: str | None = None
+    token: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+    #: where the answer keeps the payment's id, the card checkout page, the bank details
+    reference: str = "/id"
+    redirect_url: str | None = "/redirect_url"
+    instructions: str | None = "/instructions"
 
 
 class ProviderConfig(_Section):
@@ -248,6 +276,8 @@ class ProviderConfig(_Section):
     mapping: PayloadMapping
     #: where to ask for a deposit's status when its callbacks are overdue (reconciliation)
     status: StatusApiConfig | None = None
+    #: where to start card and bank transfer payments (``method`` of a deposit order)
+    payments: PaymentsApiConfig | None = None
 
     _ips = field_validator("allowed_ips")(_check_networks)
 
@@ -338,9 +368,16 @@ class Config(_Section):
         book = []
         for index, cfg in enumerate(self.assets):
             where = f"assets[{index}] ({cfg.code})"
-            chain = self.chains.get(cfg.chain)
-            if chain is None:
+            chain = None if cfg.chain is None else self.chains.get(cfg.chain)
+            if cfg.chain is None:
+                if cfg.contract is not None or cfg.tiers or cfg.confirmations:
+                    raise ConfigError(
+                        f"{where}: a fiat asset (no chain) has no contract, confirmations or tiers"
+                    )
+            elif chain is None:
                 raise ConfigError(f"{where}.chain: no [chains.{cfg.chain}] section")
+            elif cfg.confirmations is None:
+                raise ConfigError(f"{where}.confirmations: required for an on-chain asset")
             try:
                 minimum = parse_amount(cfg.min_deposit, cfg.decimals)
                 tiers = tuple(
@@ -356,15 +393,17 @@ class Config(_Section):
                     symbol=cfg.symbol,
                     decimals=cfg.decimals,
                     min_deposit=minimum,
-                    confirmations=cfg.confirmations,
+                    confirmations=cfg.confirmations or 0,
                     contract=cfg.contract.lower() if cfg.contract else None,
-                    block_time_seconds=chain.block_time_seconds,
+                    block_time_seconds=chain.block_time_seconds if chain else 0.0,
                     tiers=tiers,
                 )
             )
         for cfg in self.assets:
+            if cfg.chain is None:
+                continue
             chain = self.chains[cfg.chain]
-            deepest = max([cfg.confirmations, *(t.confirmations for t in cfg.tiers)])
+            deepest = max([cfg.confirmations or 0, *(t.confirmations for t in cfg.tiers)])
             if chain.rpc_url is not None and deepest >= chain.reorg_window:
                 raise ConfigError(
                     f"chains.{cfg.chain}.reorg_window: {chain.reorg_window} blocks cannot undo a"
@@ -415,6 +454,21 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         for theirs, ours in provider.mapping.assets.items():
             if ours not in book:
                 raise ConfigError(f"providers.{name}.mapping.assets.{theirs}: no asset {ours!r}")
+        if provider.payments is not None:
+            for method in provider.payments.methods:
+                others = [
+                    other
+                    for other, cfg in config.providers.items()
+                    if other < name
+                    and cfg.merchant == provider.merchant
+                    and cfg.payments is not None
+                    and method in cfg.payments.methods
+                ]
+                if others:
+                    raise ConfigError(
+                        f"providers.{name}.payments.methods: {others[0]} already takes {method}"
+                        " payments for this merchant; one provider per method"
+                    )
     if config.database.url_file is not None:
         try:
             DatabaseConfig(url=config.database_url())
@@ -433,12 +487,13 @@ def _refuse_secrets_in_file(raw: Mapping[str, Any], source: str) -> None:
                 f"providers.{name}.secrets: secrets do not belong in the config file ({source});"
                 f" set DEPOSITD_PROVIDERS__{name.upper()}__SECRETS or secrets_file"
             )
-        status = provider.get("status") if isinstance(provider, dict) else None
-        if isinstance(status, dict) and status.get("token"):
-            raise ConfigError(
-                f"providers.{name}.status.token: secrets do not belong in the config file"
-                f" ({source}); set DEPOSITD_PROVIDERS__{name.upper()}__STATUS__TOKEN"
-            )
+        for api in ("status", "payments"):
+            section = provider.get(api) if isinstance(provider, dict) else None
+            if isinstance(section, dict) and section.get("token"):
+                raise ConfigError(
+                    f"providers.{name}.{api}.token: secrets do not belong in the config file"
+                    f" ({source}); set DEPOSITD_PROVIDERS__{name.upper()}__{api.upper()}__TOKEN"
+                )
     database = raw.get("database")
     url = database.get("url") if isinstance(database, dict) else None
     if isinstance(url, str):

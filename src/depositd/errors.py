@@ -8,6 +8,7 @@ DepositdError
 │   ├── UnknownOwner             no such user or deposit address for this merchant
 │   └── ObservationConflict      an observation contradicts what we recorded for that deposit
 ├── RpcError                     talking to a chain node failed (depositd.chain.rpc)
+├── UpstreamUnavailable          a provider we depend on did not answer (HTTP 502)
 ├── NotFound                     the resource does not exist for this merchant
 ├── Conflict                     the request clashes with a resource's state (HTTP 409)
 └── IllegalTransition            a deposit state change the state machine forbids (a bug)
@@ -29,6 +30,12 @@ class InputError(DepositdError):
 
     #: stable problem type slug, see ``depositd.api.problems``
     slug = "invalid-input"
+
+
+class UpstreamUnavailable(DepositdError):
+    """A provider the request depends on did not do its part; trying again may work."""
+
+    slug = "upstream-unavailable"
 
 
 class InvalidAmount(InputError):

@@ -53,6 +53,8 @@ def config_file(tmp_path: Path, merchant_id: str) -> Path:
 def start_server(
     db: Database, config: Path, port: int, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:
+    """``depositd serve`` on ``db`` with ``config``; an empty value in ``env`` unsets that
+    variable (the custody provider's secret, for a config without it)."""
     environ = {
         **os.environ,
         "DEPOSITD_DATABASE__URL": db.url.render_as_string(hide_password=False)
@@ -62,6 +64,7 @@ def start_server(
         "DEPOSITD_LOG_LEVEL": "warning",
         **env,
     }
+    environ = {name: value for name, value in environ.items() if value}
     with log.open("ab") as out:  # the child keeps its own handle
         command = [sys.executable, "-m", "depositd.cli", "--config", str(config)]
         return subprocess.Popen(  # noqa: S603 - our own command line

@@ -121,8 +121,10 @@ async def test_an_order_gives_the_users_address_a_payment_uri_and_its_qr_code(
     expires_at = datetime.fromisoformat(order["expires_at"])
     assert expires_at - datetime.fromisoformat(order["created_at"]) == timedelta(hours=1)
     assert order["expired_at"] is None
+    assert order["payment"] is None
     assert order["progress"] == {
         "status": "awaiting_payment",
+        "hint": None,
         "paid_late": False,
         "credited": "0",
         "credited_base_units": "0",
@@ -373,8 +375,8 @@ def order_body(**changes: Any) -> dict[str, Any]:
         ({"amount": "0.5"}, 422, "invalid-amount", "minimum"),
         ({"amount": "1e3"}, 422, "invalid-amount", "plain decimal"),
         ({"amount": 10}, 422, "validation-error", "amount"),
-        ({"method": "card"}, 422, "unsupported-method", "method 'card' is not supported yet"),
-        ({"method": "bank_transfer"}, 422, "unsupported-method", "not supported yet"),
+        ({"method": "card"}, 422, "method-asset-mismatch", "'card' pays a fiat currency"),
+        ({"method": "bank_transfer"}, 422, "method-asset-mismatch", "USDT is not one"),
         ({"method": "cash"}, 422, "validation-error", "method"),
         ({"expires_in_seconds": 59}, 422, "validation-error", "expires_in_seconds"),
         ({"expires_in_seconds": 604_801}, 422, "validation-error", "expires_in_seconds"),

@@ -366,3 +366,77 @@ def test_a_provider_name_that_cannot_be_an_environment_key_is_refused(
 ) -> None:
     text = CHAINS + USDT_ASSET + PROVIDER.replace("providers.custody", "providers.Cust-ody")
     assert _refused(write(text)).startswith("providers.Cust-ody: use 1-40 of a-z, 0-9 and _")
+
+
+# --- fiat assets and payment providers ----------------------------------------------------------
+
+USD_ASSET = """
+[[assets]]
+code = "USD"
+symbol = "USD"
+decimals = 2
+min_deposit = "1"
+"""
+
+PAYMENTS = """
+[providers.custody.payments]
+url = "https://psp.example/v1/payments"
+methods = ["card", "bank_transfer"]
+token_header = "authorization"
+"""
+
+
+def test_a_fiat_asset_has_no_chain_and_needs_no_confirmations(write: WriteConfig) -> None:
+    book = load_config(write(CHAINS + USD_ASSET), {}).asset_book()
+    usd = book["USD"]
+    assert (usd.chain, usd.fiat, usd.decimals, usd.min_deposit) == (None, True, 2, 100)
+    assert usd.required_confirmations(10**9) == 0
+
+
+@pytest.mark.parametrize(
+    "extra", ["confirmations = 3", 'contract = "0xDAC17F958D2EE523A2206206994597C13D831EC7"']
+)
+def test_a_fiat_asset_with_chain_settings_is_refused(write: WriteConfig, extra: str) -> None:
+    message = _refused(write(CHAINS + USD_ASSET + extra + "\n"))
+    assert message.startswith("assets[0] (USD): a fiat asset (no chain) has no contract")
+
+
+def test_an_on_chain_asset_still_needs_its_confirmations(write: WriteConfig) -> None:
+    text = ETH_ASSET.replace("confirmations = 12\n", "")
+    assert _refused(write(CHAINS + text)).startswith(
+        "assets[0] (ETH).confirmations: required for an on-chain asset"
+    )
+
+
+def test_a_payment_provider_loads_with_its_token_from_the_environment(
+    write: WriteConfig,
+) -> None:
+    environ = {**PROVIDER_SECRET, "DEPOSITD_PROVIDERS__CUSTODY__PAYMENTS__TOKEN": "sk_live_1"}
+    config = load_config(write(CHAINS + USDT_ASSET + USD_ASSET + PROVIDER + PAYMENTS), environ)
+    payments = config.providers["custody"].payments
+    assert payments is not None
+    assert (payments.methods, payments.token, payments.reference) == (
+        ["card", "bank_transfer"],
+        "sk_live_1",
+        "/id",
+    )
+
+
+def test_a_payment_token_in_the_config_file_is_refused(write: WriteConfig) -> None:
+    text = CHAINS + USDT_ASSET + PROVIDER + PAYMENTS + 'token = "sk_live_2"\n'
+    message = _refused(write(text), PROVIDER_SECRET)
+    assert message.startswith("providers.custody.payments.token: secrets do not belong")
+    assert "DEPOSITD_PROVIDERS__CUSTODY__PAYMENTS__TOKEN" in message
+    assert "sk_live_2" not in message
+
+
+def test_two_providers_taking_one_method_for_a_merchant_are_refused(write: WriteConfig) -> None:
+    second = (PROVIDER + PAYMENTS).replace("providers.custody", "providers.second")
+    environ = {**PROVIDER_SECRET, "DEPOSITD_PROVIDERS__SECOND__SECRETS": "x"}
+    message = _refused(write(CHAINS + USDT_ASSET + PROVIDER + PAYMENTS + second), environ)
+    assert message.startswith("providers.second.payments.methods: custody already takes card")
+
+
+def test_a_payment_method_the_service_does_not_know_is_refused(write: WriteConfig) -> None:
+    text = CHAINS + USDT_ASSET + PROVIDER + PAYMENTS.replace('"card", ', '"cash", ')
+    assert _refused(write(text), PROVIDER_SECRET).startswith("providers.custody.payments.methods.0")

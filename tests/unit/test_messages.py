@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from depositd.domain.deposits import RejectReason
-from depositd.domain.messages import _CATALOG, LANGUAGES, Message, negotiate_language, render
+from depositd.domain.messages import (
+    _CATALOG,
+    LANGUAGES,
+    Message,
+    negotiate_language,
+    payment_failure,
+    render,
+)
 
 #: plausible parameters for every message code, as the state machine and reviewers fill them
 PLAUSIBLE_PARAMS: dict[str, dict[str, Any]] = {
@@ -22,6 +29,14 @@ PLAUSIBLE_PARAMS: dict[str, dict[str, Any]] = {
     "provider_confirmed": {"provider": "fireblocks"},
     "provider_failed": {"provider": "fireblocks"},
     "provider_reversed": {"provider": "fireblocks"},
+    "provider_failed_reason": {"provider": "stripe", "reason": "processing_error"},
+    "payment_failed_insufficient_funds": {},
+    "payment_failed_card_declined": {},
+    "payment_failed_expired_card": {},
+    "payment_failed_card_details": {},
+    "payment_failed_authentication": {},
+    "payment_failed_transfer_expired": {},
+    "payment_failed_transfer_returned": {"reason": "account_closed"},
     "below_minimum": {"minimum": "0.001", "symbol": "ETH"},
     "token_not_accepted": {},
     "transaction_failed": {},
@@ -191,3 +206,52 @@ def test_negotiate_language_never_picks_a_language_refused_with_q_zero() -> None
 @given(st.text(max_size=60))
 def test_negotiate_language_always_returns_a_rendered_language(header: str) -> None:
     assert negotiate_language(header) in LANGUAGES
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "english"),
+    [
+        (None, "provider_failed", "psp reports that the payment failed."),
+        ("", "provider_failed", "psp reports that the payment failed."),
+        (
+            "insufficient_funds",
+            "payment_failed_insufficient_funds",
+            "The card was declined for insufficient funds. Add funds or use another card,"
+            " then start a new deposit.",
+        ),
+        ("DO_NOT_HONOR", "payment_failed_card_declined", None),
+        ("expired_card", "payment_failed_expired_card", None),
+        ("incorrect_cvc", "payment_failed_card_details", None),
+        ("authentication_failed", "payment_failed_authentication", None),
+        ("transfer_not_received", "payment_failed_transfer_expired", None),
+        (
+            "account_closed",
+            "payment_failed_transfer_returned",
+            "The bank transfer was returned (account_closed). Check the account details and"
+            " the reference, then start a new deposit.",
+        ),
+        (
+            "processing_error",
+            "provider_failed_reason",
+            "psp reports that the payment failed (processing_error). Try again or use another"
+            " payment method.",
+        ),
+    ],
+)
+def test_a_payment_failure_gets_the_hint_for_its_code(
+    reason: str | None, code: str, english: str | None
+) -> None:
+    message = payment_failure("psp", reason)
+    assert message.code == code
+    if english is not None:
+        assert message.render("en") == english
+    assert message.render("zh-CN") != message.render("en")
+
+
+def test_a_failure_code_is_shown_only_as_safe_bounded_text() -> None:
+    message = payment_failure("psp", "<script>alert(1)</script>" + "x" * 200)
+    assert message.code == "provider_failed_reason"
+    shown = message.params["reason"]
+    assert not set("<>()").intersection(shown)
+    assert len(shown) == 64
+    assert payment_failure("psp", "<>").params["reason"] == "unknown"

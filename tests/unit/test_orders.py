@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from depositd.domain.orders import (
     DepositOrder,
     OrderMethod,
     OrderStatus,
+    Payment,
     is_fully_paid,
     order_progress,
     payment_uri,
@@ -186,3 +188,38 @@ def test_an_order_paid_in_time_is_not_paid_late() -> None:
 )
 def test_fully_paid(amount: int | None, credited: int, done: bool) -> None:
     assert is_fully_paid(amount, credited) is done
+
+
+def card_order() -> DepositOrder:
+    return replace(
+        order(2500),
+        method=OrderMethod.CARD,
+        asset="USD",
+        chain=None,
+        address=None,
+        payment=Payment("psp", "pay_1", redirect_url="https://psp.example/checkout/pay_1"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("deposits", "now", "status"),
+    [
+        ([(2500, S.FAILED)], BEFORE, OrderStatus.FAILED),
+        ([(2500, S.FAILED)], AFTER, OrderStatus.FAILED),
+        ([(2500, S.PENDING)], BEFORE, OrderStatus.CONFIRMING),
+        ([(2500, S.CREDITED)], BEFORE, OrderStatus.PAID),
+        ([(2500, S.FAILED), (2500, S.CREDITED)], BEFORE, OrderStatus.PAID),
+        ([], AFTER, OrderStatus.EXPIRED),
+    ],
+)
+def test_a_payment_the_provider_failed_fails_a_card_order(
+    deposits: list[tuple[int, DepositStatus]], now: datetime, status: OrderStatus
+) -> None:
+    progress = order_progress(card_order(), [deposit(a, s) for a, s in deposits], now)
+    assert progress.status is status
+
+
+def test_a_failed_on_chain_deposit_leaves_a_crypto_order_open() -> None:
+    # the user can send again to the same address; only a provider's payment is one-shot
+    progress = order_progress(order(100), [deposit(100, S.FAILED)], BEFORE)
+    assert progress.status is OrderStatus.AWAITING_PAYMENT

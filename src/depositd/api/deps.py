@@ -13,6 +13,7 @@ from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
+from depositd.providers.payments import PaymentGateways
 from depositd.services.callbacks import CallbackLog, ClaimVerifier, IpNetwork, Provider
 from depositd.services.group_commit import Recorder
 from depositd.services.merchants import authenticate
@@ -41,6 +42,8 @@ class AppContext:
     max_body_bytes: int = 65536
     #: our nodes, to check providers' claims on chains we watch (None: claims are believed)
     verifier: ClaimVerifier | None = None
+    #: payment providers that start card and bank transfer payments
+    payments: PaymentGateways = field(default_factory=lambda: PaymentGateways({}))
 
 
 async def context(request: Request) -> AppContext:

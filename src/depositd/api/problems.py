@@ -10,7 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from depositd.errors import Conflict, IllegalTransition, InputError, NotFound
+from depositd.errors import (
+    Conflict,
+    IllegalTransition,
+    InputError,
+    NotFound,
+    UpstreamUnavailable,
+)
 
 log = structlog.get_logger("depositd.api")
 
@@ -102,6 +108,13 @@ def _conflict(request: Request, exc: Exception) -> JSONResponse:
     return Problem(409, exc.slug, "Conflict", str(exc)).response(request)
 
 
+def _upstream(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UpstreamUnavailable)
+    return Problem(
+        502, exc.slug, "A provider did not answer", str(exc), headers={"Retry-After": "5"}
+    ).response(request)
+
+
 def _internal(request: Request, exc: Exception) -> JSONResponse:
     """A bug or an outage: log it with its traceback, answer without details."""
     log.error("unhandled error", path=request.url.path, exc_info=exc)
@@ -127,6 +140,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InputError, _input)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(UpstreamUnavailable, _upstream)
     app.add_exception_handler(IllegalTransition, _internal)
     app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(StarletteHTTPException, _http)

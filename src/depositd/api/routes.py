@@ -34,6 +34,7 @@ from depositd.api.schemas import (
 from depositd.db.repositories import DepositFilter
 from depositd.domain.deposits import DepositStatus, Observation, ProviderRef, ToUser
 from depositd.domain.money import format_amount, parse_amount
+from depositd.errors import NotFound
 from depositd.qr import qr_svg
 from depositd.services import addresses, orders, queries, reviews, users
 
@@ -309,7 +310,9 @@ OrderId = Annotated[str, Path(max_length=40, description="the order's id (ord_â€
     tags=["deposit orders"],
     summary="Ask a user to pay an asset (optionally an exact amount) before a deadline",
 )
-async def create_deposit_order(body: OrderIn, merchant_id: MerchantId, ctx: Context) -> OrderOut:
+async def create_deposit_order(
+    body: OrderIn, merchant_id: MerchantId, ctx: Context, language: Language
+) -> OrderOut:
     asset = ctx.assets[body.asset]
     amount = None if body.amount is None else parse_amount(body.amount, asset.decimals)
     detail = await orders.create_order(
@@ -322,8 +325,9 @@ async def create_deposit_order(body: OrderIn, merchant_id: MerchantId, ctx: Cont
         amount,
         timedelta(seconds=body.expires_in_seconds),
         method=body.method,
+        gateways=ctx.payments,
     )
-    return OrderOut.of(detail, asset, qr_svg(detail.payment_uri))
+    return OrderOut.of(detail, asset, language)
 
 
 @router.get(
@@ -332,9 +336,11 @@ async def create_deposit_order(body: OrderIn, merchant_id: MerchantId, ctx: Cont
     tags=["deposit orders"],
     summary="An order with its progress and the deposits attributed to it",
 )
-async def get_deposit_order(order_id: OrderId, merchant_id: MerchantId, ctx: Context) -> OrderOut:
+async def get_deposit_order(
+    order_id: OrderId, merchant_id: MerchantId, ctx: Context, language: Language
+) -> OrderOut:
     detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
-    return OrderOut.of(detail, ctx.assets[detail.order.asset], qr_svg(detail.payment_uri))
+    return OrderOut.of(detail, ctx.assets[detail.order.asset], language)
 
 
 @router.get(
@@ -348,6 +354,8 @@ async def get_deposit_order_qr(
     order_id: OrderId, merchant_id: MerchantId, ctx: Context
 ) -> Response:
     detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
+    if detail.payment_uri is None:
+        raise NotFound(f"{order_id} is paid through a payment provider; it has no QR code")
     return Response(qr_svg(detail.payment_uri), media_type="image/svg+xml")
 
 

@@ -9,10 +9,17 @@ from eth_utils.address import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from depositd.domain.assets import Asset
-from depositd.domain.deposits import DepositState, ProviderStatus
-from depositd.domain.messages import render
+from depositd.domain.deposits import DepositState, DepositStatus, ProviderStatus
+from depositd.domain.messages import Message, render
 from depositd.domain.money import format_amount
-from depositd.domain.orders import DEFAULT_EXPIRY, MAX_EXPIRY, MIN_EXPIRY, OrderMethod
+from depositd.domain.orders import (
+    DEFAULT_EXPIRY,
+    MAX_EXPIRY,
+    MIN_EXPIRY,
+    OrderMethod,
+    OrderStatus,
+)
+from depositd.qr import qr_svg
 from depositd.services.orders import OrderDetail
 from depositd.services.users import User
 
@@ -242,7 +249,10 @@ class OrderIn(_In):
         description="decimal string in whole units, e.g. '12.5'; leave out to accept any amount",
     )
     method: OrderMethod = Field(
-        OrderMethod.CRYPTO, description="only 'crypto' for now: an on-chain transfer"
+        OrderMethod.CRYPTO,
+        description="'crypto': an on-chain transfer to the user's deposit address; 'card' or"
+        " 'bank_transfer': a fiat payment (amount required) at the payment provider configured"
+        " for the method",
     )
     expires_in_seconds: int = Field(
         int(DEFAULT_EXPIRY.total_seconds()),
@@ -259,12 +269,16 @@ class OrderDepositOut(BaseModel):
     status: str
     #: first seen after the order's deadline
     late: bool
+    #: why it is where it is, in the reader's language (for a failed payment: what to do)
+    hint: str
     created_at: datetime
 
 
 class OrderProgressOut(BaseModel):
-    #: awaiting_payment, confirming, paid, underpaid, overpaid or expired
+    #: awaiting_payment, confirming, paid, underpaid, overpaid, expired or failed
     status: str
+    #: failed: the provider's reason and what the user can do about it
+    hint: str | None = None
     #: a deposit that counts was first seen after the deadline
     paid_late: bool
     credited: str
@@ -275,29 +289,44 @@ class OrderProgressOut(BaseModel):
     deposits: list[OrderDepositOut]
 
 
+class PaymentOut(BaseModel):
+    """A card or bank transfer order's payment at the provider."""
+
+    provider: str
+    #: the provider's id for the payment
+    reference: str
+    #: card: the provider's checkout page to send the user to
+    redirect_url: str | None
+    #: bank transfer: the account to pay and the reference to quote, as the provider gave them
+    instructions: dict[str, Any] | None
+
+
 class OrderOut(BaseModel):
     id: str
     user: dict[str, str]
     method: str
     asset: str
-    chain: str
-    #: EIP-55 checksummed
-    address: str
+    #: crypto orders: the chain and the deposit address (EIP-55 checksummed)
+    chain: str | None
+    address: str | None
     #: None: any amount
     amount: str | None
     amount_base_units: str | None
-    #: EIP-681 payment request
-    payment_uri: str
-    #: the payment URI as a QR code, an SVG document
-    qr_svg: str
+    #: crypto orders: the EIP-681 payment request, and as a QR code (an SVG document)
+    payment_uri: str | None
+    qr_svg: str | None
+    #: card and bank transfer orders: the payment at the provider
+    payment: PaymentOut | None
     expires_at: datetime
     expired_at: datetime | None
     created_at: datetime
     progress: OrderProgressOut
 
     @classmethod
-    def of(cls, detail: OrderDetail, asset: Asset, qr_svg: str) -> OrderOut:
+    def of(cls, detail: OrderDetail, asset: Asset, language: str) -> OrderOut:
         order, progress = detail.order, detail.progress
+        payment = order.payment
+        failed = [p for p in progress.deposits if p.deposit.status is DepositStatus.FAILED]
 
         def amount(base_units: int) -> str:
             return format_amount(base_units, asset.decimals)
@@ -308,16 +337,27 @@ class OrderOut(BaseModel):
             method=order.method.value,
             asset=order.asset,
             chain=order.chain,
-            address=to_checksum_address(order.address),
+            address=None if order.address is None else to_checksum_address(order.address),
             amount=None if order.amount is None else amount(order.amount),
             amount_base_units=None if order.amount is None else str(order.amount),
             payment_uri=detail.payment_uri,
-            qr_svg=qr_svg,
+            qr_svg=None if detail.payment_uri is None else qr_svg(detail.payment_uri),
+            payment=None
+            if payment is None
+            else PaymentOut(
+                provider=payment.provider,
+                reference=payment.reference,
+                redirect_url=payment.redirect_url,
+                instructions=None if payment.instructions is None else dict(payment.instructions),
+            ),
             expires_at=order.expires_at,
             expired_at=order.expired_at,
             created_at=order.created_at,
             progress=OrderProgressOut(
                 status=progress.status.value,
+                hint=_hint(failed[-1].deposit.reason, language)
+                if progress.status is OrderStatus.FAILED and failed
+                else None,
                 paid_late=progress.paid_late,
                 credited=amount(progress.credited),
                 credited_base_units=str(progress.credited),
@@ -330,9 +370,14 @@ class OrderOut(BaseModel):
                         amount_base_units=str(p.deposit.amount),
                         status=p.deposit.status.value,
                         late=p.late,
+                        hint=_hint(p.deposit.reason, language) or "",
                         created_at=p.deposit.created_at,
                     )
                     for p in progress.deposits
                 ],
             ),
         )
+
+
+def _hint(reason: Message | None, language: str) -> str | None:
+    return None if reason is None else reason.render(language)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Row,
+    Select,
     and_,
     bindparam,
     func,
@@ -43,7 +44,7 @@ from depositd.db.tables import (
 from depositd.domain.deposits import ChainRef, DepositState, DepositStatus, ProviderRef
 from depositd.domain.events import PendingEvent
 from depositd.domain.messages import Message
-from depositd.domain.orders import AttributedDeposit, DepositOrder, OrderMethod
+from depositd.domain.orders import AttributedDeposit, DepositOrder, OrderMethod, Payment
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -976,7 +977,36 @@ def order_from_row(row: Mapping[Any, Any]) -> DepositOrder:
         expires_at=row["expires_at"],
         expired_at=row["expired_at"],
         created_at=row["created_at"],
+        payment=None
+        if row["provider"] is None
+        else Payment(
+            provider=row["provider"],
+            reference=row["payment_reference"],
+            redirect_url=row["payment"].get("redirect_url"),
+            instructions=row["payment"].get("instructions"),
+        ),
     )
+
+
+def _payment_columns(payment: Payment | None) -> dict[str, Any]:
+    if payment is None:
+        return {}
+    return {
+        "provider": payment.provider,
+        "payment_reference": payment.reference,
+        "payment": {"redirect_url": payment.redirect_url, "instructions": payment.instructions},
+    }
+
+
+#: what an order's progress needs of each of its deposits
+_ATTRIBUTED = (
+    deposits.c.id,
+    deposits.c.amount,
+    deposits.c.status,
+    deposits.c.created_at,
+    deposits.c.reason_code,
+    deposits.c.reason_params,
+)
 
 
 class OrderRepository:
@@ -994,11 +1024,12 @@ class OrderRepository:
                 method=order.method.value,
                 asset=order.asset,
                 chain=order.chain,
-                address=order.address.lower(),
+                address=None if order.address is None else order.address.lower(),
                 amount=order.amount,
                 expires_at=order.expires_at,
                 expired_at=order.expired_at,
                 created_at=order.created_at,
+                **_payment_columns(order.payment),
             )
         )
 
@@ -1016,14 +1047,50 @@ class OrderRepository:
     ) -> dict[str, list[AttributedDeposit]]:
         """Each order's deposits, oldest first.
 
-        A deposit belongs to its user's latest order of its asset created at or before the
-        deposit was first seen (ties between orders go to the larger id): an order's window
-        runs from its own ``created_at`` up to, not including, that of the order after it.
+        A deposit belongs to its user's latest crypto order of its asset created at or before
+        the deposit was first seen (ties between orders go to the larger id): an order's
+        window runs from its own ``created_at`` up to, not including, that of the order after
+        it. An order paid through a provider has the deposits the provider reports under its
+        payment reference.
         """
         wanted = set(order_ids)
         found: dict[str, list[AttributedDeposit]] = {order_id: [] for order_id in wanted}
         if not wanted:
             return found
+        for query in (self._by_window(wanted), self._by_reference(wanted)):
+            for row in await self._conn.execute(query):
+                reason = Message(row.reason_code, row.reason_params)
+                found[row.order_id].append(
+                    AttributedDeposit(
+                        row.id, row.amount, DepositStatus(row.status), row.created_at, reason
+                    )
+                )
+        return found
+
+    @staticmethod
+    def _by_reference(wanted: set[str]) -> Select[Any]:
+        order = deposit_orders.alias("o")
+        return (
+            select(order.c.id.label("order_id"), *_ATTRIBUTED)
+            .select_from(
+                order.join(
+                    deposits,
+                    # the deposit's identity (``ProviderRef.key``), which is indexed
+                    deposits.c.identity
+                    == literal("provider:")
+                    + order.c.merchant_id
+                    + ":"
+                    + order.c.provider
+                    + ":"
+                    + order.c.payment_reference,
+                )
+            )
+            .where(order.c.id.in_(wanted), order.c.provider.is_not(None))
+            .order_by(deposits.c.created_at, deposits.c.id)
+        )
+
+    @staticmethod
+    def _by_window(wanted: set[str]) -> Select[Any]:
         order = deposit_orders.alias("o")
         later = deposit_orders.alias("later")
         window_end = (
@@ -1038,14 +1105,8 @@ class OrderRepository:
             )
             .scalar_subquery()
         )
-        result = await self._conn.execute(
-            select(
-                order.c.id.label("order_id"),
-                deposits.c.id,
-                deposits.c.amount,
-                deposits.c.status,
-                deposits.c.created_at,
-            )
+        return (
+            select(order.c.id.label("order_id"), *_ATTRIBUTED)
             .select_from(
                 order.join(
                     deposits,
@@ -1057,14 +1118,9 @@ class OrderRepository:
                     ),
                 )
             )
-            .where(order.c.id.in_(wanted))
+            .where(order.c.id.in_(wanted), order.c.provider.is_(None))
             .order_by(deposits.c.created_at, deposits.c.id)
         )
-        for row in result:
-            found[row.order_id].append(
-                AttributedDeposit(row.id, row.amount, DepositStatus(row.status), row.created_at)
-            )
-        return found
 
     async def claim_due(
         self, now: datetime, assets: Iterable[str], limit: int

@@ -174,8 +174,9 @@ deposits = Table(
     Index(None, "user_id", "asset", "created_at"),
 )
 
-#: requests that a user pay an asset to their deposit address before a deadline; a deposit
-#: belongs to the user's latest order of its asset created at or before it was first seen
+#: requests that a user pay an asset before a deadline, to their deposit address (a deposit
+#: belongs to the user's latest order of its asset created at or before it was first seen) or
+#: through a payment provider (the deposits it reports under the order's payment reference)
 deposit_orders = Table(
     "deposit_orders",
     metadata,
@@ -184,11 +185,16 @@ deposit_orders = Table(
     Column("user_id", ForeignKey("users.id"), nullable=False),
     Column("method", String(20), nullable=False),
     Column("asset", String(40), nullable=False),
-    Column("chain", String(40), nullable=False),
-    #: lower-case hex for EVM chains
-    Column("address", String(128), nullable=False),
+    #: crypto orders: the chain and the user's deposit address there (lower-case hex)
+    Column("chain", String(40), nullable=True),
+    Column("address", String(128), nullable=True),
     #: base units asked for; NULL: any amount
     Column("amount", Amount(), nullable=True),
+    #: card and bank transfer orders: the payment provider, its id for the payment (its
+    #: callbacks' deposit id), and what the user needs to pay (checkout URL, bank details)
+    Column("provider", String(40), nullable=True),
+    Column("payment_reference", String(200), nullable=True),
+    Column("payment", JSON, nullable=True),
     _ts("expires_at"),
     #: when the expiry sweeper decided the order (expired, or already paid); NULL until then
     _ts("expiry_checked_at", nullable=True),
@@ -200,6 +206,7 @@ deposit_orders = Table(
     Index(None, "user_id", "asset", "created_at"),
     # the expiry sweeper's due orders
     Index(None, "expiry_checked_at", "expires_at"),
+    UniqueConstraint("merchant_id", "provider", "payment_reference"),
 )
 
 accounts = Table(

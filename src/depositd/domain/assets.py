@@ -22,10 +22,13 @@ class Asset:
 
     ``contract`` is None for the chain's native coin, else the token contract address
     (lower-case hex), the only contract whose transfers count as deposits of this asset.
+    ``chain`` is None for a fiat currency (``decimals`` 2: amounts in cents), which only a
+    payment provider's callbacks credit.
     """
 
     code: str
-    chain: str
+    #: None for a fiat currency, paid through a payment provider
+    chain: str | None
     symbol: str
     decimals: int
     min_deposit: int
@@ -33,6 +36,10 @@ class Asset:
     contract: str | None = None
     block_time_seconds: float = 12.0
     tiers: tuple[ConfirmationTier, ...] = field(default=())
+
+    @property
+    def fiat(self) -> bool:
+        return self.chain is None
 
     def required_confirmations(self, amount: int) -> int:
         """Confirmations needed before ``amount`` is credited: the highest tier it reaches."""

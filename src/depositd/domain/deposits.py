@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from depositd.domain.assets import Asset
-from depositd.domain.messages import Message
+from depositd.domain.messages import Message, payment_failure
 from depositd.domain.money import format_amount
 from depositd.errors import IllegalTransition, InputError, ObservationConflict
 
@@ -177,6 +177,8 @@ class Observation:
     #: why the deposit must wait for a reviewer instead of being credited (a claim our node
     #: contradicts, a limit): the credit this observation would make becomes a hold
     hold: Message | None = None
+    #: the provider's code for why a payment failed (``insufficient_funds``), if it gave one
+    provider_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.amount <= 0:
@@ -389,9 +391,9 @@ def _provider_progress(
         case ProviderStatus.FAILED | ProviderStatus.REVERSED:
             if status in (S.ORPHANED, S.REVERSED):
                 return None
-            return _to(
-                deposit, S.FAILED, obs, _provider_message("provider_failed", obs), None, required
-            )
+            assert isinstance(obs.ref, ProviderRef)
+            failure = payment_failure(obs.ref.provider, obs.provider_reason)
+            return _to(deposit, S.FAILED, obs, failure, None, required)
         case ProviderStatus.CONFIRMING:
             confirmations = obs.confirmations or 0
             stale = deposit is not None and confirmations <= deposit.confirmations

@@ -95,7 +95,7 @@ def order_expired_event(
         "method": order.method.value,
         "asset": asset.code,
         "chain": order.chain,
-        "address": to_checksum_address(order.address),
+        "address": None if order.address is None else to_checksum_address(order.address),
         "amount": None if order.amount is None else format_amount(order.amount, asset.decimals),
         "amount_base_units": None if order.amount is None else str(order.amount),
         "credited": format_amount(credited, asset.decimals),
@@ -105,6 +105,8 @@ def order_expired_event(
         "expires_at": order.expires_at.isoformat(),
         "expired_at": now.isoformat(),
     }
+    if order.payment is not None:
+        data["payment"] = {"provider": order.payment.provider, "reference": order.payment.reference}
     return PendingEvent(
         id=event_id,
         type="deposit_order.expired",

@@ -6,6 +6,7 @@ language long after it was recorded and a wording fix reaches old deposits too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,45 @@ _CATALOG: dict[str, dict[str, str]] = {
     "provider_failed": {
         "en": "{provider} reports that the payment failed.",
         "zh-CN": "{provider} 报告该笔付款失败。",
+    },
+    "provider_failed_reason": {
+        "en": "{provider} reports that the payment failed ({reason}). Try again or use another"
+        " payment method.",
+        "zh-CN": "{provider} 报告该笔付款失败（{reason}）。请重试或换一种付款方式。",
+    },
+    "payment_failed_insufficient_funds": {
+        "en": "The card was declined for insufficient funds. Add funds or use another card,"
+        " then start a new deposit.",
+        "zh-CN": "卡内余额不足，付款被拒。请充值或换一张卡后重新发起充值。",
+    },
+    "payment_failed_card_declined": {
+        "en": "The card issuer declined the payment. Contact your bank or use another card,"
+        " then start a new deposit.",
+        "zh-CN": "发卡行拒绝了该笔付款。请联系银行或换一张卡后重新发起充值。",
+    },
+    "payment_failed_expired_card": {
+        "en": "The card has expired. Use another card, then start a new deposit.",
+        "zh-CN": "该卡已过期。请换一张卡后重新发起充值。",
+    },
+    "payment_failed_card_details": {
+        "en": "The card details (number, expiry date or security code) were not accepted."
+        " Check them, then start a new deposit.",
+        "zh-CN": "卡信息（卡号、有效期或安全码）有误。请核对后重新发起充值。",
+    },
+    "payment_failed_authentication": {
+        "en": "The payment was not confirmed with your bank (3-D Secure). Start a new deposit"
+        " and complete your bank's check.",
+        "zh-CN": "付款未通过银行验证（3-D Secure）。请重新发起充值并完成银行验证。",
+    },
+    "payment_failed_transfer_expired": {
+        "en": "No bank transfer arrived before the payment reference expired. Start a new"
+        " deposit to get a fresh reference.",
+        "zh-CN": "付款参考号过期前未收到银行转账。请重新发起充值以获取新的参考号。",
+    },
+    "payment_failed_transfer_returned": {
+        "en": "The bank transfer was returned ({reason}). Check the account details and the"
+        " reference, then start a new deposit.",
+        "zh-CN": "银行转账被退回（{reason}）。请核对账户信息和参考号后重新发起充值。",
     },
     "provider_reversed": {
         "en": "{provider} reversed the payment; the credit was taken back.",
@@ -177,3 +217,39 @@ def negotiate_language(accept_language: str | None) -> str:
         if lang is not None and q > best_q:
             best, best_q = lang, q
     return best
+
+
+#: failure codes payment providers commonly send (card decline codes, bank returns), each with
+#: the hint that tells the user what to do; any other code is shown as the provider sent it
+_FAILURE_HINTS = {
+    "insufficient_funds": "payment_failed_insufficient_funds",
+    "card_declined": "payment_failed_card_declined",
+    "generic_decline": "payment_failed_card_declined",
+    "do_not_honor": "payment_failed_card_declined",
+    "lost_card": "payment_failed_card_declined",
+    "stolen_card": "payment_failed_card_declined",
+    "expired_card": "payment_failed_expired_card",
+    "incorrect_number": "payment_failed_card_details",
+    "incorrect_cvc": "payment_failed_card_details",
+    "invalid_expiry_month": "payment_failed_card_details",
+    "invalid_expiry_year": "payment_failed_card_details",
+    "authentication_required": "payment_failed_authentication",
+    "authentication_failed": "payment_failed_authentication",
+    "transfer_expired": "payment_failed_transfer_expired",
+    "transfer_not_received": "payment_failed_transfer_expired",
+    "transfer_returned": "payment_failed_transfer_returned",
+    "account_closed": "payment_failed_transfer_returned",
+    "account_invalid": "payment_failed_transfer_returned",
+}
+#: the longest failure code kept, and what it may hold (it is shown to users)
+_REASON_CHARS = 64
+_REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")
+
+
+def payment_failure(provider: str, reason: str | None) -> Message:
+    """The hint for a payment ``provider`` reports failed, with its failure code if it gave one."""
+    if not reason:
+        return Message("provider_failed", {"provider": provider})
+    shown = _REASON_UNSAFE.sub("", reason)[:_REASON_CHARS] or "unknown"
+    code = _FAILURE_HINTS.get(shown.lower(), "provider_failed_reason")
+    return Message(code, {"provider": provider, "reason": shown})

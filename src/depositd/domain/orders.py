@@ -1,21 +1,25 @@
 """Deposit orders: payment URIs (EIP-681) and how far the deposits attributed to one got.
 
-An order asks a user to pay an asset (optionally an exact amount) to their deposit address
-before a deadline. Which deposits belong to which order is decided by the service (see
-``depositd.services.orders``); here we only judge the deposits we are given.
+An order asks a user to pay an asset (optionally an exact amount) before a deadline: on chain
+to their deposit address (``crypto``), or through a payment provider (``card``,
+``bank_transfer``), which gives the order a payment reference. Which deposits belong to which
+order is decided by the service (see ``depositd.services.orders``); here we only judge the
+deposits we are given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from eth_utils.address import to_checksum_address
 
 from depositd.domain.assets import Asset
 from depositd.domain.deposits import DepositStatus
+from depositd.domain.messages import Message
 
 #: shortest and longest time an order may stay open
 MIN_EXPIRY = timedelta(seconds=60)
@@ -28,10 +32,15 @@ class OrderMethod(StrEnum):
 
     #: an on-chain transfer to the user's deposit address
     CRYPTO = "crypto"
-    #: a bank transfer through a payment provider (not supported yet)
+    #: a bank transfer through a payment provider, quoting the reference it gave the order
     BANK_TRANSFER = "bank_transfer"
-    #: a card payment through a payment provider (not supported yet)
+    #: a card payment on the payment provider's checkout page
     CARD = "card"
+
+    @property
+    def through_provider(self) -> bool:
+        """Paid through a payment provider (fiat), not on chain."""
+        return self is not OrderMethod.CRYPTO
 
 
 class OrderStatus(StrEnum):
@@ -49,6 +58,9 @@ class OrderStatus(StrEnum):
     OVERPAID = "overpaid"
     #: the deadline passed with nothing credited or on its way
     EXPIRED = "expired"
+    #: paid through a provider, which reports that the payment failed (the deposit's hint
+    #: says why, and what the user can do); a new order starts a new payment
+    FAILED = "failed"
 
 
 #: deposits whose amount counts as arriving: not final yet, and may still be credited
@@ -56,8 +68,22 @@ INCOMING = frozenset({DepositStatus.PENDING, DepositStatus.CONFIRMING, DepositSt
 
 
 @dataclass(frozen=True)
+class Payment:
+    """Where a fiat order is paid: the payment provider's reference and what the user needs."""
+
+    provider: str
+    #: the provider's id for the payment, which its callbacks carry as the deposit id
+    reference: str
+    #: card: the provider's checkout page
+    redirect_url: str | None = None
+    #: bank transfer: the account to pay and the reference to quote, as the provider gave them
+    instructions: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class DepositOrder:
-    """A request that a user pay ``asset`` to ``address`` before ``expires_at``."""
+    """A request that a user pay ``asset`` before ``expires_at``: on chain to ``address``, or
+    through a payment provider (``payment``)."""
 
     id: str
     merchant_id: str
@@ -65,15 +91,17 @@ class DepositOrder:
     user_external_id: str
     method: OrderMethod
     asset: str
-    chain: str
-    #: lower-case hex
-    address: str
+    #: crypto orders: the chain and the user's deposit address there (lower-case hex)
+    chain: str | None
+    address: str | None
     #: base units; None lets the user pay any amount
     amount: int | None
     expires_at: datetime
     #: set by the expiry sweeper when the deadline passed without full payment
     expired_at: datetime | None
     created_at: datetime
+    #: fiat orders: the payment at the provider
+    payment: Payment | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,8 @@ class AttributedDeposit:
     status: DepositStatus
     #: when we first saw it
     created_at: datetime
+    #: why it is where it is (``Message`` code and parameters): the user's hint
+    reason: Message | None = None
 
 
 @dataclass(frozen=True)
@@ -120,8 +150,8 @@ def order_progress(
     Credited deposits make up ``credited``; pending, confirming and held ones ``incoming``;
     rejected, orphaned, failed and reversed ones are listed but count for nothing. With a
     credit the status compares it with the amount asked; without one, something incoming
-    means ``confirming``, else the deadline decides between ``awaiting_payment`` and
-    ``expired``.
+    means ``confirming``, a payment the provider failed makes a fiat order ``failed``, else
+    the deadline decides between ``awaiting_payment`` and ``expired``.
     """
     listed = tuple(
         DepositProgress(deposit, late=deposit.created_at > order.expires_at)
@@ -134,7 +164,7 @@ def order_progress(
         for p in listed
     )
     return OrderProgress(
-        status=_status(order, credited, incoming, now),
+        status=_status(order, listed, credited, incoming, now),
         credited=credited,
         incoming=incoming,
         paid_late=paid_late,
@@ -142,13 +172,23 @@ def order_progress(
     )
 
 
-def _status(order: DepositOrder, credited: int, incoming: int, now: datetime) -> OrderStatus:
+def _status(
+    order: DepositOrder,
+    listed: tuple[DepositProgress, ...],
+    credited: int,
+    incoming: int,
+    now: datetime,
+) -> OrderStatus:
     if credited > 0:
         if order.amount is None or credited == order.amount:
             return OrderStatus.PAID
         return OrderStatus.UNDERPAID if credited < order.amount else OrderStatus.OVERPAID
     if incoming > 0:
         return OrderStatus.CONFIRMING
+    if order.method.through_provider and any(
+        p.deposit.status is DepositStatus.FAILED for p in listed
+    ):
+        return OrderStatus.FAILED
     if order.expired_at is not None or now >= order.expires_at:
         return OrderStatus.EXPIRED
     return OrderStatus.AWAITING_PAYMENT

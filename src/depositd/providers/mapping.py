@@ -38,6 +38,8 @@ class ProviderClaim:
     tx_hash: str | None = None
     #: the address the provider says received it
     address: str | None = None
+    #: why the payment failed, in the provider's words (a code like ``insufficient_funds``)
+    reason: str | None = None
 
     def observation(self, merchant_id: str, provider: str) -> Observation:
         return Observation(
@@ -47,6 +49,7 @@ class ProviderClaim:
             amount=self.amount,
             provider_status=self.status,
             confirmations=self.confirmations,
+            provider_reason=self.reason,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +63,7 @@ class ProviderClaim:
             "confirmations": self.confirmations,
             "tx_hash": self.tx_hash,
             "address": self.address,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -74,6 +78,7 @@ class ProviderClaim:
             confirmations=data["confirmations"],
             tx_hash=data["tx_hash"],
             address=data.get("address"),
+            reason=data.get("reason"),
         )
 
 
@@ -150,6 +155,7 @@ def read_claim(
         event_id = message_id or f"{deposit_id}:{theirs}"
     tx_hash = _optional_text(body, mapping.tx_hash)
     address = _optional_text(body, mapping.address)
+    reason = _optional_text(body, mapping.reason)
     return ProviderClaim(
         event_id=event_id,
         deposit_id=deposit_id,
@@ -160,6 +166,7 @@ def read_claim(
         confirmations=confirmations,
         tx_hash=tx_hash,
         address=address,
+        reason=reason,
     )
 
 

@@ -268,7 +268,9 @@ class ClaimVerifier:
         return self._assets[asset].chain in self._nodes
 
     def chain_of(self, claim: ProviderClaim) -> str:
-        return self._assets[claim.asset].chain
+        chain = self._assets[claim.asset].chain
+        assert chain is not None, "asked only of assets on a chain it watches"
+        return chain
 
     def required_confirmations(self, claim: ProviderClaim) -> int:
         return self._assets[claim.asset].required_confirmations(claim.amount)
@@ -276,7 +278,7 @@ class ClaimVerifier:
     async def evidence(self, claim: ProviderClaim, recipient: str) -> ChainEvidence:
         asset = self._assets[claim.asset]
         assert claim.tx_hash is not None
-        node = self._nodes[asset.chain]
+        node = self._nodes[self.chain_of(claim)]
         return await look_up_claim(node, asset, claim.tx_hash, recipient, claim.amount)
 
     async def close(self) -> None:

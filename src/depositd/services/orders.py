@@ -10,8 +10,12 @@ the user's first order of the asset belong to none. Rejected, orphaned, failed a
 deposits are listed with their order but count toward neither its credited nor its incoming
 total (``domain.orders.order_progress``).
 
-Only ``crypto`` orders exist yet: the user pays on chain to their deposit address, derived
-from the merchant's xpub.
+A ``crypto`` order is paid on chain to the user's deposit address, derived from the
+merchant's xpub. A ``card`` or ``bank_transfer`` order is paid through the payment provider
+configured for the merchant and method: the payment is started there first (our order id as
+its idempotency key), and only an order the provider accepted is stored, with the provider's
+payment id as its reference. Its deposits are those the provider's callbacks report under
+that reference, not a time window, so a user may have several such orders open at once.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
+import structlog
+
 from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
-from depositd.domain.assets import AssetBook
+from depositd.domain.assets import Asset, AssetBook
 from depositd.domain.events import order_expired_event
 from depositd.domain.money import format_amount
 from depositd.domain.orders import (
@@ -38,9 +44,12 @@ from depositd.domain.orders import (
     order_progress,
     payment_uri,
 )
-from depositd.errors import InputError, InvalidAmount, NotFound
+from depositd.errors import InputError, InvalidAmount, NotFound, UpstreamUnavailable
 from depositd.ids import new_id
+from depositd.providers.payments import PaymentGateways, PaymentRequest, PaymentUnavailable
 from depositd.services.addresses import deposit_address
+
+log = structlog.get_logger("depositd.orders")
 
 #: orders the expiry sweeper decides per transaction
 EXPIRY_BATCH = 500
@@ -54,14 +63,24 @@ class InvalidExpiry(InputError):
     slug = "invalid-expiry"
 
 
+class MethodMismatch(InputError):
+    slug = "method-asset-mismatch"
+
+
+class PaymentProviderUnavailable(UpstreamUnavailable):
+    """The payment provider did not start the payment; nothing was stored."""
+
+    slug = "payment-provider-unavailable"
+
+
 @dataclass(frozen=True)
 class OrderDetail:
     """An order, how far its payment got, and how to pay it."""
 
     order: DepositOrder
     progress: OrderProgress
-    #: EIP-681 request a wallet can open (or scan as a QR code)
-    payment_uri: str
+    #: crypto: the EIP-681 request a wallet can open (or scan as a QR code)
+    payment_uri: str | None
 
 
 async def create_order(
@@ -75,16 +94,20 @@ async def create_order(
     expires_in: timedelta,
     *,
     method: OrderMethod = OrderMethod.CRYPTO,
+    gateways: PaymentGateways | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> OrderDetail:
     """Open an order for the user to pay ``amount`` base units (None: any amount).
 
-    The user pays to their deposit address on the asset's chain, derived from the merchant's
-    xpub if they have none yet (``XpubNotSet`` without one).
+    Crypto: the user pays to their deposit address on the asset's chain, derived from the
+    merchant's xpub if they have none yet (``XpubNotSet`` without one). Card and bank
+    transfer: the payment is started at the merchant's provider for the method, for the
+    exact amount of a fiat asset.
     """
-    if method is not OrderMethod.CRYPTO:
-        raise UnsupportedMethod(f"method {method.value!r} is not supported yet")
     asset = assets[asset_code]
+    if asset.fiat != method.through_provider:
+        kind = "a fiat currency" if method.through_provider else "an on-chain asset"
+        raise MethodMismatch(f"method {method.value!r} pays {kind}; {asset.code} is not one")
     if amount is not None:
         if amount <= 0:
             raise InvalidAmount("amount must be greater than zero")
@@ -100,6 +123,11 @@ async def create_order(
             f"an order expires between {MIN_EXPIRY.total_seconds():.0f} and"
             f" {MAX_EXPIRY.total_seconds():.0f} seconds after it is made"
         )
+    if method.through_provider:
+        return await _through_provider(
+            db, gateways, merchant_id, external_id, asset, amount, method, expires_in, clock()
+        )
+    assert asset.chain is not None
     address = await deposit_address(db, chain_ids, merchant_id, external_id, asset.chain)
     async with UnitOfWork(db, write=True) as uow:
         user = await uow.users.get(merchant_id, external_id)
@@ -122,11 +150,65 @@ async def create_order(
         )
         await uow.orders.add(order)
         await uow.commit()
-    return OrderDetail(
-        order,
-        order_progress(order, [], now),
-        payment_uri(asset, chain_ids[asset.chain], order.address, amount),
+    return OrderDetail(order, order_progress(order, [], now), _uri(chain_ids, asset, order))
+
+
+async def _through_provider(
+    db: Database,
+    gateways: PaymentGateways | None,
+    merchant_id: str,
+    external_id: str,
+    asset: Asset,
+    amount: int | None,
+    method: OrderMethod,
+    expires_in: timedelta,
+    now: datetime,
+) -> OrderDetail:
+    gateway = None if gateways is None else gateways.get(merchant_id, method)
+    if gateway is None:
+        raise UnsupportedMethod(f"no payment provider takes {method.value} payments here")
+    if amount is None:
+        raise InvalidAmount(f"a {method.value} payment needs an amount")
+    async with UnitOfWork(db, write=False) as uow:
+        user = await uow.users.get(merchant_id, external_id)
+    if user is None:
+        raise NotFound(f"no user {external_id!r}")
+    order_id, expires_at = new_id("ord"), now + expires_in
+    request = PaymentRequest(order_id, method, amount, asset.symbol, external_id, expires_at)
+    try:
+        payment = await gateway.create_payment(request)
+    except PaymentUnavailable as exc:
+        log.warning("payment provider did not start a payment", order=order_id, error=str(exc))
+        raise PaymentProviderUnavailable(
+            f"the payment provider could not start the {method.value} payment; try again"
+        ) from exc
+    order = DepositOrder(
+        id=order_id,
+        merchant_id=merchant_id,
+        user_id=user.id,
+        user_external_id=user.external_id,
+        method=method,
+        asset=asset.code,
+        chain=None,
+        address=None,
+        amount=amount,
+        expires_at=expires_at,
+        expired_at=None,
+        created_at=now,
+        payment=payment,
     )
+    async with UnitOfWork(db, write=True) as uow:
+        await uow.orders.add(order)
+        await uow.commit()
+    log.info("payment started", order=order_id, provider=payment.provider,
+             reference=payment.reference, method=method.value)  # fmt: skip
+    return OrderDetail(order, order_progress(order, [], now), None)
+
+
+def _uri(chain_ids: Mapping[str, int], asset: Asset, order: DepositOrder) -> str | None:
+    if order.chain is None or order.address is None:
+        return None
+    return payment_uri(asset, chain_ids[order.chain], order.address, order.amount)
 
 
 async def get_order(
@@ -144,11 +226,10 @@ async def get_order(
         if order is None:
             raise NotFound(f"no deposit order {order_id}")
         attributed = await uow.orders.attributed_deposits([order.id])
-    asset = assets[order.asset]
     return OrderDetail(
         order,
         order_progress(order, attributed[order.id], clock()),
-        payment_uri(asset, chain_ids[order.chain], order.address, order.amount),
+        _uri(chain_ids, assets[order.asset], order),
     )
 
 
