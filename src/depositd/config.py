@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.engine import make_url
@@ -169,6 +169,10 @@ class AssetConfig(_Section):
     #: required for an on-chain asset; a fiat payment is final when its provider says so
     confirmations: int | None = Field(None, ge=0)
     tiers: list[TierConfig] = []
+    #: KYC deposit limits: the most credited to one user within 24 hours, by KYC level
+    #: (``{ 0 = "1000", 1 = "10000", 2 = "unlimited" }``); a deposit that would pass its
+    #: user's limit is held for review. A level not listed uses the highest one below it
+    kyc_limits: dict[Annotated[int, Field(ge=0, le=100)], str] = {}
 
 
 class AckConfig(_Section):
@@ -384,6 +388,10 @@ class Config(_Section):
                     ConfirmationTier(parse_amount(t.min_amount, cfg.decimals), t.confirmations)
                     for t in cfg.tiers
                 )
+                kyc_limits = tuple(
+                    (level, None if limit == "unlimited" else parse_amount(limit, cfg.decimals))
+                    for level, limit in sorted(cfg.kyc_limits.items())
+                )
             except InvalidAmount as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             book.append(
@@ -397,6 +405,7 @@ class Config(_Section):
                     contract=cfg.contract.lower() if cfg.contract else None,
                     block_time_seconds=chain.block_time_seconds if chain else 0.0,
                     tiers=tiers,
+                    kyc_limits=kyc_limits,
                 )
             )
         for cfg in self.assets:

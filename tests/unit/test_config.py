@@ -440,3 +440,31 @@ def test_two_providers_taking_one_method_for_a_merchant_are_refused(write: Write
 def test_a_payment_method_the_service_does_not_know_is_refused(write: WriteConfig) -> None:
     text = CHAINS + USDT_ASSET + PROVIDER + PAYMENTS.replace('"card", ', '"cash", ')
     assert _refused(write(text), PROVIDER_SECRET).startswith("providers.custody.payments.methods.0")
+
+
+def test_kyc_limits_load_in_base_units_by_level(write: WriteConfig) -> None:
+    text = USDT_ASSET + 'kyc_limits = { 0 = "1000", 2 = "50000.5", 3 = "unlimited" }\n'
+    usdt = load_config(write(CHAINS + text), {}).asset_book()["USDT"]
+    assert usdt.kyc_limits == ((0, 1000 * 10**6), (2, 50_000_500_000), (3, None))
+    assert [usdt.kyc_limit(level) for level in range(5)] == [
+        1000 * 10**6,
+        1000 * 10**6,
+        50_000_500_000,
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ('{ 0 = "1.0000001" }', "assets[0] (USDT): "),
+        ('{ -1 = "5" }', "assets.0.kyc_limits.-1"),
+        ('{ 0 = "lots" }', "assets[0] (USDT): "),
+    ],
+)
+def test_a_bad_kyc_limit_is_refused_naming_the_asset(
+    write: WriteConfig, limits: str, expected: str
+) -> None:
+    text = CHAINS + USDT_ASSET + f"kyc_limits = {limits}\n"
+    assert _refused(write(text)).startswith(expected)

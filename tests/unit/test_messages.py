@@ -48,6 +48,7 @@ PLAUSIBLE_PARAMS: dict[str, dict[str, Any]] = {
     "held_claim_failed_on_chain": {},
     "held_claim_unverifiable": {},
     "held_for_review": {"rule": "amount spike"},
+    "held_kyc_limit": {"limit": "1000", "symbol": "USDT", "hours": 24, "level": 0},
     "approved_by_reviewer": {},
     "rejected_by_reviewer": {},
 }

@@ -37,6 +37,7 @@ from depositd.db.transient import RetryTransaction
 from depositd.domain.deposits import ChainRef, DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
+from depositd.domain.limits import LimitCheck
 from depositd.jsontext import dump_json
 
 T = TypeVar("T")
@@ -62,6 +63,12 @@ class RecordingStore(Protocol):
 
         Call last: from here the event cursor is locked until commit.
         """
+
+    async def limit_check(
+        self, user_ids: Collection[str], assets: Collection[str], since: datetime
+    ) -> LimitCheck:
+        """These users' KYC levels and what was credited to them of these assets since
+        ``since``; the users stay locked until commit, so concurrent credits queue."""
 
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         """Mark the stored callbacks whose claims this transaction records as processed."""
@@ -311,6 +318,23 @@ class _SqliteStore:
             ],
         )
 
+    async def limit_check(
+        self, user_ids: Collection[str], assets: Collection[str], since: datetime
+    ) -> LimitCheck:
+        return await self._in_thread(self._limit_check, user_ids, assets, since)
+
+    def _limit_check(
+        self, user_ids: Collection[str], assets: Collection[str], since: datetime
+    ) -> LimitCheck:
+        # the write lock is ours already: nobody else credits these users meanwhile
+        cursor = self._cursor()
+        users = json.dumps(sorted(user_ids))
+        cursor.execute(_SQLITE_KYC_LEVELS, (users,))
+        levels = dict(cursor.fetchall())
+        cursor.execute(_SQLITE_CREDITED_SINCE, (users, json.dumps(sorted(assets)),
+                                                _sqlite_stamp(since)))  # fmt: skip
+        return LimitCheck(levels, _sum_credited(cursor.fetchall()))
+
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         rows = [(_sqlite_stamp(now), deposit_id, result, callback_id)
                 for callback_id, deposit_id, result, now in outcomes]  # fmt: skip
@@ -318,6 +342,27 @@ class _SqliteStore:
 
     async def commit(self) -> None:
         await self._in_thread(self.conn.commit)
+
+
+_SQLITE_KYC_LEVELS = "SELECT id, kyc_level FROM users WHERE id IN (SELECT value FROM json_each(?))"
+_SQLITE_CREDITED_SINCE = """
+SELECT user_id, asset, amount FROM deposits
+WHERE user_id IN (SELECT value FROM json_each(?)) AND asset IN (SELECT value FROM json_each(?))
+  AND status = 'credited' AND updated_at >= ?
+"""
+_PG_KYC_LEVELS = "SELECT id, kyc_level FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+_PG_CREDITED_SINCE = """
+SELECT user_id, asset, amount FROM deposits
+WHERE user_id = ANY($1::text[]) AND asset = ANY($2::text[])
+  AND status = 'credited' AND updated_at >= $3
+"""
+
+
+def _sum_credited(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str], int]:
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    for user_id, asset, amount in rows:
+        used[user_id, asset] += int(amount)
+    return dict(used)
 
 
 # The SQLite rows are built by hand, in the form SQLAlchemy's column types store (see
@@ -611,6 +656,16 @@ class _PostgresStore:
             return
         rows = [{"id": deposit.id, **deposit_changes(deposit)} for deposit in changed]
         await self._conn.execute(_UPDATE, *_columns(rows, ("id", *_UPDATE_COLUMNS)))
+
+    async def limit_check(
+        self, user_ids: Collection[str], assets: Collection[str], since: datetime
+    ) -> LimitCheck:
+        users = sorted(user_ids)
+        levels = {
+            row["id"]: row["kyc_level"] for row in await self._conn.fetch(_PG_KYC_LEVELS, users)
+        }
+        rows = await self._conn.fetch(_PG_CREDITED_SINCE, users, sorted(assets), since)
+        return LimitCheck(levels, _sum_credited(rows))
 
     async def post_and_append(
         self,

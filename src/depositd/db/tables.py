@@ -119,6 +119,8 @@ users = Table(
     Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
     Column("external_id", String(128), nullable=False),
     _ts("created_at"),
+    #: the KYC level an operator approved (0: none); assets' deposit limits depend on it
+    Column("kyc_level", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("merchant_id", "external_id"),
 )
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from depositd.errors import UnknownAsset
+
+#: the rolling window KYC deposit limits count credits over
+LIMIT_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,18 @@ class Asset:
     contract: str | None = None
     block_time_seconds: float = 12.0
     tiers: tuple[ConfirmationTier, ...] = field(default=())
+    #: (KYC level, the most base units credited to one user within ``LIMIT_WINDOW`` or None
+    #: for no limit); a user's level uses the highest level listed at or below it
+    kyc_limits: tuple[tuple[int, int | None], ...] = field(default=())
 
     @property
     def fiat(self) -> bool:
         return self.chain is None
+
+    def kyc_limit(self, level: int) -> int | None:
+        """The most a user at KYC ``level`` may have credited within ``LIMIT_WINDOW``."""
+        applies = [(listed, limit) for listed, limit in self.kyc_limits if listed <= level]
+        return max(applies)[1] if applies else None
 
     def required_confirmations(self, amount: int) -> int:
         """Confirmations needed before ``amount`` is credited: the highest tier it reaches."""

@@ -133,6 +133,13 @@ _CATALOG: dict[str, dict[str, str]] = {
         "en": "Held for review: {rule}.",
         "zh-CN": "已暂扣待审核：{rule}。",
     },
+    "held_kyc_limit": {
+        "en": "Held for review: it would take this account over its limit of {limit} {symbol}"
+        " per {hours} h at verification level {level}. Complete identity verification to"
+        " raise the limit.",
+        "zh-CN": "待审核：该笔充值将超出当前认证等级 {level} 每 {hours} 小时 {limit} {symbol}"
+        " 的充值限额。完成身份认证可提高限额。",
+    },
     "approved_by_reviewer": {
         "en": "Approved after review and credited.",
         "zh-CN": "审核通过，已入账。",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from weakref import WeakKeyDictionary
 
@@ -13,7 +13,7 @@ from depositd.db.recording import OwnerKey, RecordingStore, find_owners, open_re
 from depositd.db.repositories import Owner
 from depositd.db.transient import RetryTransaction, retry_transient
 from depositd.domain import deposits as machine
-from depositd.domain.assets import AssetBook
+from depositd.domain.assets import LIMIT_WINDOW, AssetBook
 from depositd.domain.deposits import ChainRef, DepositState, Observation, ToAddress, ToUser
 from depositd.domain.events import PendingEvent, deposit_event
 from depositd.domain.ledger import Entry, postings_for
@@ -138,6 +138,7 @@ async def _record(
 ) -> list[Recorded]:
     identities = [obs.ref.key for obs in observations]
     states = await store.lock(identities)
+    decide = await _decider(store, assets, observations, owners, now)
 
     # First sightings are inserted up front: a concurrent writer inserting the same identity
     # makes ours conflict, and we then lock its committed row and treat it as known.
@@ -146,7 +147,7 @@ async def _record(
         key = obs.ref.key
         if key in states or key in first_seen:
             continue
-        transition = machine.decide(None, obs, assets[obs.asset])
+        transition = decide(None, obs, owners[index])
         if transition is not None:
             owner = owners[index]
             deposit = machine.first_sight(
@@ -178,7 +179,7 @@ async def _record(
         current = batch.states.get(key)
         if current is not None and current.user_id != owners[index].user_id:
             raise ObservationConflict(f"deposit {current.id} belongs to another user")
-        transition = machine.decide(current, obs, assets[obs.asset])
+        transition = decide(current, obs, owners[index])
         if transition is None:
             changed_at.append(None)
             continue
@@ -201,6 +202,43 @@ async def _record(
         )
         for obs, event_index in zip(observations, changed_at, strict=True)
     ]
+
+
+Decide = Callable[[DepositState | None, Observation, Owner], machine.Transition | None]
+
+
+async def _decider(
+    store: RecordingStore,
+    assets: AssetBook,
+    observations: Sequence[Observation],
+    owners: Sequence[Owner],
+    now: datetime,
+) -> Decide:
+    """The state machine's decision, with a credit over its user's KYC limit made a hold.
+
+    Only assets with limits cost anything: their users' levels and credits in the window are
+    read (and the users locked) once per batch.
+    """
+    limited = {o.asset for o in observations if assets[o.asset].kyc_limits}
+    if not limited:
+        return lambda current, obs, _owner: machine.decide(current, obs, assets[obs.asset])
+    users = {owner.user_id for owner, o in zip(owners, observations, strict=True)
+             if o.asset in limited}  # fmt: skip
+    check = await store.limit_check(users, limited, now - LIMIT_WINDOW)
+
+    def decide(
+        current: DepositState | None, obs: Observation, owner: Owner
+    ) -> machine.Transition | None:
+        asset = assets[obs.asset]
+        transition = machine.decide(current, obs, asset)
+        if transition is None or transition.posting is not machine.Posting.CREDIT:
+            return transition
+        hold = check.hold(owner.user_id, asset, obs.amount)
+        return (
+            transition if hold is None else machine.decide(current, replace(obs, hold=hold), asset)
+        )
+
+    return decide
 
 
 def _note(

@@ -17,6 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.add_column(
+            sa.Column("kyc_level", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
     with op.batch_alter_table("deposit_orders") as batch:
         batch.alter_column("chain", existing_type=sa.String(length=40), nullable=True)
         batch.alter_column("address", existing_type=sa.String(length=128), nullable=True)
@@ -40,3 +44,5 @@ def downgrade() -> None:
         batch.drop_column("provider")
         batch.alter_column("address", existing_type=sa.String(length=128), nullable=False)
         batch.alter_column("chain", existing_type=sa.String(length=40), nullable=False)
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("kyc_level")
