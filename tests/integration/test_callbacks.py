@@ -413,3 +413,21 @@ async def test_the_route_is_documented_and_answers_other_methods_with_a_problem(
     nested = await setup.client.post("/v1/callbacks/custody/extra", content=b"{}")
     assert nested.status_code == 404
     assert await setup.callbacks() == []
+
+
+async def test_one_refused_claim_among_concurrent_callbacks_affects_only_itself(
+    setup: Setup,
+) -> None:
+    first = payload("evt-0")
+    assert (await setup.post(first, signed(first))).status_code == 200
+    # the same deposit with another amount, among five good callbacks sharing its commit
+    conflicting = payload("evt-x", amount="99")
+    good = [payload(f"evt-{n}", id=f"dep-{n}") for n in range(1, 6)]
+    answers = await asyncio.gather(
+        *(setup.post(body, signed(body)) for body in [*good[:2], conflicting, *good[2:]])
+    )
+    assert [a.status_code for a in answers] == [200] * 6
+    results = {row["event_id"]: row["result"] for row in await setup.callbacks()}
+    assert results["evt-x"] == "observation-conflict"
+    assert [results[f"evt-{n}"] for n in range(6)] == ["credited"] * 6
+    assert await setup.balance() == 6 * 25_500_000
