@@ -225,7 +225,8 @@ class StatusApiConfig(_Section):
     #: ``GET`` this URL, ``{deposit_id}`` replaced by the provider's deposit id; the answer is
     #: read with the provider's ``mapping``, like a callback's body
     url: str = Field(pattern=r"^https?://.*\{deposit_id\}")
-    #: header carrying the token (``DEPOSITD_PROVIDERS__<NAME>__STATUS__TOKEN``), if any
+    #: header carrying the token (``DEPOSITD_PROVIDERS__<NAME>__STATUS__TOKEN``), if any;
+    #: ``authorization`` sends ``Bearer <token>``
     token_header: str | None = None
     token: str | None = None
     timeout_seconds: float = Field(10.0, gt=0, le=120)

@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,19 @@ import pytest
 import stripe
 from sqlalchemy import func, select
 
-from depositd.config import AssetConfig, Config, PayloadMapping, PaymentsApiConfig, ProviderConfig
+from depositd.config import (
+    AssetConfig,
+    Config,
+    PayloadMapping,
+    PaymentsApiConfig,
+    ProviderConfig,
+    StatusApiConfig,
+)
 from depositd.db.engine import Database
 from depositd.db.tables import deposit_orders, ledger_entries
 from depositd.providers.schemes import SignatureScheme
 from depositd.services import merchants, users
+from depositd.services.reconcile import reconcile
 
 from ..conftest import free_port
 from .psp import LocalPsp, running_psp
@@ -388,3 +397,46 @@ async def _bank_transfer_paid(api: httpx.AsyncClient, psp: LocalPsp) -> None:
     balances = (await api.get("/v1/users/alice/balances")).json()["balances"]
     assert [(b["asset"], b["available"], b["locked"]) for b in balances] == [("USD", "100", "0")]
     await psp.delivered(3)
+
+
+async def test_reconcile_asks_the_provider_about_a_payment_it_never_called_back_about(
+    db: Database, config: Config
+) -> None:
+    merchant = await merchants.create_merchant(db, "acme")
+    await users.ensure_user(db, merchant.id, "alice")
+    key = await merchants.create_api_key(db, merchant.id)
+    async with running_psp() as psp:
+        with_status = psp_config(config, merchant.id, psp)
+        provider = with_status.providers["localpsp"]
+        status = StatusApiConfig(
+            url=f"{psp.payments_url}/{{deposit_id}}",
+            token_header="authorization",
+            token=psp.api_token,
+        )
+        with_status.providers["localpsp"] = provider.model_copy(update={"status": status})
+        async with client_for(db, with_status) as client:
+            client.headers["authorization"] = f"Bearer {key.secret}"
+            paid = (await client.post("/v1/deposit-orders", json=card_order("40"))).json()
+            open_ = (await client.post("/v1/deposit-orders", json=card_order("15"))).json()
+            # the card payment succeeded, and the webhook never came (psp.webhook_url unset)
+            psp.payments[paid["payment"]["reference"]].status = "succeeded"
+
+            report = await reconcile(db, with_status, with_status.asset_book(), sla=timedelta(0))
+
+            recovered = {(r.provider_deposit_id, r.before, r.after) for r in report.recovered}
+            assert recovered == {
+                (paid["payment"]["reference"], "no_callback", "credited"),
+                (open_["payment"]["reference"], "no_callback", "not_paid_yet"),
+            }
+            shop = Shop(client, psp, db)
+            assert (await shop.progress(paid["id"]))["status"] == "paid"
+            assert (await shop.progress(open_["id"]))["status"] == "awaiting_payment"
+            # next time only the unpaid one is asked about again
+            again = await reconcile(db, with_status, with_status.asset_book(), sla=timedelta(0))
+            assert [(r.provider_deposit_id, r.after) for r in again.recovered] == [
+                (open_["payment"]["reference"], "not_paid_yet")
+            ]
+
+
+def card_order(amount: str) -> dict[str, str]:
+    return {"user": "alice", "asset": "USD", "amount": amount, "method": "card"}

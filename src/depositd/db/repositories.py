@@ -998,6 +998,11 @@ def _payment_columns(payment: Payment | None) -> dict[str, Any]:
     }
 
 
+def _provider_identity(merchant_id: Any, provider: Any, deposit_id: Any) -> Any:
+    """SQL for a provider deposit's identity (``ProviderRef.key``), which is indexed."""
+    return literal("provider:") + merchant_id + ":" + provider + ":" + deposit_id
+
+
 #: what an order's progress needs of each of its deposits
 _ATTRIBUTED = (
     deposits.c.id,
@@ -1075,14 +1080,10 @@ class OrderRepository:
             .select_from(
                 order.join(
                     deposits,
-                    # the deposit's identity (``ProviderRef.key``), which is indexed
                     deposits.c.identity
-                    == literal("provider:")
-                    + order.c.merchant_id
-                    + ":"
-                    + order.c.provider
-                    + ":"
-                    + order.c.payment_reference,
+                    == _provider_identity(
+                        order.c.merchant_id, order.c.provider, order.c.payment_reference
+                    ),
                 )
             )
             .where(order.c.id.in_(wanted), order.c.provider.is_not(None))
@@ -1121,6 +1122,32 @@ class OrderRepository:
             .where(order.c.id.in_(wanted), order.c.provider.is_(None))
             .order_by(deposits.c.created_at, deposits.c.id)
         )
+
+    async def silent_payments(
+        self, merchant_id: str, provider: str, created_before: datetime, since: datetime, limit: int
+    ) -> list[str]:
+        """The payment references of orders paid through ``provider``, created in
+        [``since``, ``created_before``), that none of its callbacks has mentioned yet."""
+        order = deposit_orders.c
+        mentioned = (
+            select(deposits.c.id)
+            .where(deposits.c.identity == _provider_identity(order.merchant_id, order.provider,
+                                                             order.payment_reference))
+            .exists()
+        )  # fmt: skip
+        result = await self._conn.execute(
+            select(order.payment_reference)
+            .where(
+                order.merchant_id == merchant_id,
+                order.provider == provider,
+                order.created_at < created_before,
+                order.created_at >= since,
+                ~mentioned,
+            )
+            .order_by(order.created_at)
+            .limit(limit)
+        )
+        return list(result.scalars())
 
     async def claim_due(
         self, now: datetime, assets: Iterable[str], limit: int

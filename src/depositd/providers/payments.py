@@ -77,10 +77,10 @@ class HttpPaymentGateway:
         api = self._api
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        headers = {"idempotency-key": request.order_id}
-        if api.token_header and api.token:
-            bearer = api.token_header.lower() == "authorization"
-            headers[api.token_header] = f"Bearer {api.token}" if bearer else api.token
+        headers = {
+            "idempotency-key": request.order_id,
+            **token_headers(api.token_header, api.token),
+        }
         timeout = aiohttp.ClientTimeout(total=api.timeout_seconds)
         try:
             async with self._session.post(
@@ -125,6 +125,14 @@ class HttpPaymentGateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def token_headers(header: str | None, token: str | None) -> dict[str, str]:
+    """The header that carries a provider API token: ``Authorization: Bearer <token>``, or the
+    token as it is in any other header."""
+    if not header or not token:
+        return {}
+    return {header: f"Bearer {token}" if header.lower() == "authorization" else token}
 
 
 def _excerpt(body: bytes) -> str:

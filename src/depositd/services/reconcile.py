@@ -4,10 +4,12 @@ Providers lose callbacks, and so do networks. ``reconcile`` looks for what shoul
 by now and did not:
 
 * accepted callbacks still unprocessed after the SLA are processed (``process_callbacks``);
-* a provider's deposits still pending or confirming after the SLA are looked up at the
-  provider's status API (``[providers.NAME.status]``); the answer is read with the provider's
-  mapping and recorded through the same entry point as a callback (checked against our node
-  where we watch the chain), so a late answer changes nothing twice;
+* a provider's deposits still pending or confirming after the SLA, and the payments of card
+  and bank transfer orders it was asked to start (within the report window) that no callback
+  has mentioned after the SLA, are looked up at the provider's status API
+  (``[providers.NAME.status]``); the answer is read with the provider's mapping and recorded
+  through the same entry point as a callback (checked against our node where we watch the
+  chain), so a late answer changes nothing twice;
 
 and then compares sums: every ledger account's cached balance with the sum of its entries,
 every posting's entries with zero, and, over the report window, what each provider last
@@ -33,6 +35,7 @@ from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import DepositStatus, ProviderRef, ProviderStatus
 from depositd.providers.mapping import PayloadRejected, ProviderClaim, read_claim
+from depositd.providers.payments import token_headers
 from depositd.services.callbacks import (
     CallbackLog,
     ClaimVerifier,
@@ -47,6 +50,8 @@ log = structlog.get_logger("depositd.reconcile")
 
 #: most overdue deposits asked about per provider and run
 _BATCH = 500
+#: what we knew of a payment no callback has mentioned
+_NO_CALLBACK = "no_callback"
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,7 @@ class StatusClient:
         assert api is not None
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        headers = {}
-        if api.token_header and api.token:
-            headers[api.token_header] = api.token
+        headers = token_headers(api.token_header, api.token)
         url = api.url.replace("{deposit_id}", deposit_id)
         timeout = aiohttp.ClientTimeout(total=api.timeout_seconds)
         async with self._session.get(url, headers=headers, timeout=timeout) as response:
@@ -132,13 +135,13 @@ async def reconcile(
             callbacks, recorder, verifier=verifier, older_than=sla, clock=clock
         )
         report.processed = len(processed)
+        window = timedelta(days=config.reconcile.window_days)
         for provider in providers.values():
             if config.providers[provider.name].status is not None:
                 await _ask_about_overdue(
                     db, config, assets, provider, client, recorder, verifier, clock() - sla,
-                    report,
+                    clock() - window, report,
                 )  # fmt: skip
-        window = timedelta(days=config.reconcile.window_days)
         report.mismatches = await compare_sums(db, providers, clock() - window)
     finally:
         await client.close()
@@ -155,15 +158,23 @@ async def _ask_about_overdue(
     recorder: Recorder,
     verifier: ClaimVerifier,
     changed_before: datetime,
+    since: datetime,
     report: ReconcileReport,
 ) -> None:
     async with UnitOfWork(db, write=False) as uow:
         overdue = await uow.deposits.overdue_from_provider(
             provider.merchant_id, provider.name, changed_before, _BATCH
         )
+        # card and bank transfer payments the provider never called back about at all
+        silent = await uow.orders.silent_payments(
+            provider.merchant_id, provider.name, changed_before, since, _BATCH
+        )
+    asked: list[tuple[str, str]] = []
     for deposit in overdue:
         assert isinstance(deposit.ref, ProviderRef)
-        theirs = deposit.ref.deposit_id
+        asked.append((deposit.ref.deposit_id, deposit.status.value))
+    asked.extend((reference, _NO_CALLBACK) for reference in silent)
+    for theirs, before in asked:
         try:
             answer = await client.status(provider, config, theirs)
             claim = read_claim(provider.mapping, assets, answer, f"reconcile:{theirs}")
@@ -173,19 +184,23 @@ async def _ask_about_overdue(
             report.unanswered.append(f"{provider.name}:{theirs}")
             continue
         except PayloadRejected as exc:
-            report.recovered.append(Recovered(provider.name, theirs, deposit.status, exc.code))
+            report.recovered.append(Recovered(provider.name, theirs, before, exc.code))
             continue
         if claim.deposit_id != theirs:
             report.recovered.append(
-                Recovered(provider.name, theirs, deposit.status, "answer_for_another_deposit")
+                Recovered(provider.name, theirs, before, "answer_for_another_deposit")
             )
+            continue
+        if before == _NO_CALLBACK and claim.status is ProviderStatus.PENDING:
+            # not paid yet: nothing to record (a pending deposit would say money is coming)
+            report.recovered.append(Recovered(provider.name, theirs, before, "not_paid_yet"))
             continue
         # recorded through the same entry point as a callback, checked on chain too
         settled = await settle_claim(
             db, recorder, verifier, claim, provider.merchant_id, provider.name
         )
         after = settled.result if settled.final else f"waiting ({settled.result})"
-        report.recovered.append(Recovered(provider.name, theirs, deposit.status, after))
+        report.recovered.append(Recovered(provider.name, theirs, before, after))
 
 
 async def compare_sums(
