@@ -12,17 +12,20 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from depositd import __version__
-from depositd.api import callbacks, deliveries, endpoints, problems, ws
+from depositd.api import auth, callbacks, deliveries, endpoints, kyc, me, problems, ws
 from depositd.api.deps import AppContext
 from depositd.api.limits import BodySizeLimit
 from depositd.api.routes import router
+from depositd.api.throttle import Throttle
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
 from depositd.providers.payments import PaymentGateways
 from depositd.services.callbacks import CallbackLog, ClaimVerifier, providers_from
+from depositd.services.end_users import EndUsers
 from depositd.services.group_commit import Recorder
+from depositd.services.kyc import Kyc
 from depositd.workers.supervisor import Workers
 
 
@@ -77,6 +80,14 @@ def create_app(
         chain_ids={name: chain.chain_id for name, chain in config.chains.items()},
         delivery=config.delivery,
         callbacks=CallbackLog(database),
+        end_users=EndUsers(
+            database,
+            config.end_users,
+            config.email.email_sender(),
+            config.email.from_address,
+        ),
+        kyc=Kyc(database, config.end_users.sealer()),
+        auth_throttle=Throttle(config.end_users.auth_requests_per_minute),
         providers=providers_from(config),
         process_callbacks_inline=config.callbacks.process_inline,
         trusted_proxies=tuple(
@@ -89,6 +100,8 @@ def create_app(
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)
     problems.install(app)
+    auth.install(app)
+    me.install(app)
 
     # routes are matched in the order they are added: health checks first, each included
     # router is a step for every request after it (provider callbacks are served before
@@ -120,6 +133,9 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(endpoints.router)
     app.include_router(deliveries.router)
+    app.include_router(auth.router)
+    app.include_router(me.router)
+    app.include_router(kyc.router)
 
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
     # added last, so outermost of ours: it stores oversized callbacks before refusing them

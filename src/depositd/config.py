@@ -20,7 +20,9 @@ from depositd.domain.assets import Asset, AssetBook, ConfirmationTier
 from depositd.domain.deposits import ProviderStatus
 from depositd.domain.money import parse_amount
 from depositd.errors import ConfigError, InvalidAmount
+from depositd.mail import EmailSender, OutboxSender, SmtpSender
 from depositd.providers.schemes import SchemeSettings, SignatureScheme
+from depositd.sealing import Sealer
 
 ENV_PREFIX = "DEPOSITD_"
 
@@ -349,6 +351,60 @@ class ReconcileConfig(_Section):
     window_days: float = Field(7.0, gt=0, le=366)
 
 
+class EndUsersConfig(_Section):
+    """End users' own accounts: registration, email verification, login sessions, KYC."""
+
+    session_hours: float = Field(24.0, gt=0, le=24 * 90)
+    verify_token_hours: float = Field(24.0, gt=0, le=24 * 30)
+    #: failed logins in a row that lock an account, and for how long
+    max_failed_logins: int = Field(5, ge=1, le=100)
+    lockout_minutes: float = Field(15.0, gt=0, le=24 * 60)
+    #: requests to /v1/auth/* one source address may make per minute (per process)
+    auth_requests_per_minute: int = Field(20, ge=1, le=1_000_000)
+    #: a page of yours the verification email links to; ``{token}`` is replaced
+    verify_url: str | None = Field(None, pattern=r"^https?://.*\{token\}")
+    #: the key KYC fields are sealed with (base64, 32 bytes): from the environment
+    #: (``DEPOSITD_END_USERS__KYC_KEY``) or a file; without one KYC submissions are refused
+    kyc_key: str | None = None
+    kyc_key_file: Path | None = None
+
+    def sealer(self) -> Sealer | None:
+        if self.kyc_key_file is not None:
+            return Sealer.from_file(self.kyc_key_file, "end_users.kyc_key_file")
+        if self.kyc_key is not None:
+            return Sealer.from_text(self.kyc_key, "end_users.kyc_key")
+        return None
+
+
+class EmailConfig(_Section):
+    """How email reaches end users: ``outbox`` writes .eml files (dev), ``smtp`` sends them."""
+
+    sender: Literal["outbox", "smtp"] = "outbox"
+    from_address: str = "depositd@localhost"
+    outbox_dir: Path = Path("var/outbox")
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    #: from the environment only: ``DEPOSITD_EMAIL__SMTP_PASSWORD``
+    smtp_password: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    def email_sender(self) -> EmailSender:
+        if self.sender == "outbox":
+            return OutboxSender(self.outbox_dir)
+        if self.smtp_host is None:
+            raise ConfigError("email.smtp_host: required when email.sender is smtp")
+        return SmtpSender(
+            self.smtp_host,
+            self.smtp_port,
+            security=self.smtp_security,
+            username=self.smtp_username,
+            password=self.smtp_password,
+            timeout_seconds=self.timeout_seconds,
+        )
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     database: DatabaseConfig = DatabaseConfig()
@@ -359,6 +415,8 @@ class Config(_Section):
     providers: dict[str, ProviderConfig] = {}
     callbacks: CallbacksConfig = CallbacksConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    end_users: EndUsersConfig = EndUsersConfig()
+    email: EmailConfig = EmailConfig()
 
     def database_url(self) -> str:
         if self.database.url_file is not None:
@@ -457,6 +515,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         raise ConfigError(_one_line(exc)) from None
     book = config.asset_book()  # amounts, chains and files are checked now, not on first use
     config.server.check_tls()
+    config.end_users.sealer()  # a key that is set must be usable
+    config.email.email_sender()
     for name, provider in config.providers.items():
         if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
             raise ConfigError(f"providers.{name}: use 1-40 of a-z, 0-9 and _ in the name")
@@ -504,6 +564,16 @@ def _refuse_secrets_in_file(raw: Mapping[str, Any], source: str) -> None:
                     f"providers.{name}.{api}.token: secrets do not belong in the config file"
                     f" ({source}); set DEPOSITD_PROVIDERS__{name.upper()}__{api.upper()}__TOKEN"
                 )
+    for section, key, variable in (
+        ("end_users", "kyc_key", "END_USERS__KYC_KEY"),
+        ("email", "smtp_password", "EMAIL__SMTP_PASSWORD"),
+    ):
+        table = raw.get(section)
+        if isinstance(table, dict) and table.get(key):
+            raise ConfigError(
+                f"{section}.{key}: secrets do not belong in the config file ({source});"
+                f" set {ENV_PREFIX}{variable}"
+            )
     database = raw.get("database")
     url = database.get("url") if isinstance(database, dict) else None
     if isinstance(url, str):
@@ -533,7 +603,7 @@ def _override(raw: dict[str, Any], name: str, value: str) -> None:
 
 #: keys whose values may hold a secret, so an error about them never repeats the value
 _SECRET_KEYS = frozenset({"database.url", "database.url_file"})
-_SECRET_PARTS = frozenset({"secrets", "secrets_file", "token"})
+_SECRET_PARTS = frozenset({"secrets", "secrets_file", "token", "kyc_key", "smtp_password"})
 
 
 def _one_line(exc: ValidationError) -> str:

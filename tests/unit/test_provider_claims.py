@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from depositd.api.callbacks import client_address
 from depositd.chain.claims import judge_claim
 from depositd.chain.evm import TRANSFER_TOPIC
 from depositd.config import PayloadMapping
 from depositd.domain.assets import Asset, AssetBook
 from depositd.domain.deposits import ProviderStatus
 from depositd.providers.mapping import MAX_FIELD_CHARS, PayloadRejected, read_claim, resolve
-from depositd.services.callbacks import IpNetwork
+from depositd.services.callbacks import IpNetwork, client_address
 
 TOKEN = "0x" + "77" * 20
 USER_ADDRESS = "0x" + "ab" * 20

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -21,8 +21,7 @@ from depositd.api.deps import AppContext
 from depositd.api.problems import MEDIA_TYPE, Problem
 from depositd.services.callbacks import (
     CallbackRejected,
-    IpNetwork,
-    address_within,
+    client_address,
     process_accepted,
     receive_callback,
 )
@@ -137,18 +136,6 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> t
         if size > limit and (declared is not None or size > _READ_CAP):
             break
     return bytes(kept[:limit]), max(size, declared or 0)
-
-
-def client_address(peer: str, headers: dict[str, str], trusted: Sequence[IpNetwork]) -> str:
-    """The request's source: the peer, or behind trusted proxies the last address in
-    ``X-Forwarded-For`` that is not one of them."""
-    if not trusted or not address_within(peer, trusted):
-        return peer
-    forwarded = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",")]
-    for hop in reversed(forwarded):
-        if hop and not address_within(hop, trusted):
-            return hop
-    return peer
 
 
 async def _send(

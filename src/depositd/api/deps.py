@@ -8,14 +8,24 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from depositd.api.problems import unauthorized
+from depositd.api.problems import Problem, unauthorized
+from depositd.api.throttle import Throttle, retry_after
 from depositd.config import DeliveryConfig
+from depositd.db.end_users import Account
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
 from depositd.providers.payments import PaymentGateways
-from depositd.services.callbacks import CallbackLog, ClaimVerifier, IpNetwork, Provider
+from depositd.services.callbacks import (
+    CallbackLog,
+    ClaimVerifier,
+    IpNetwork,
+    Provider,
+    client_address,
+)
+from depositd.services.end_users import EndUsers
 from depositd.services.group_commit import Recorder
+from depositd.services.kyc import Kyc
 from depositd.services.merchants import authenticate
 
 
@@ -32,6 +42,11 @@ class AppContext:
     delivery: DeliveryConfig
     #: where inbound callbacks are stored, in group commits of this process's requests
     callbacks: CallbackLog
+    #: end users' own accounts, and their KYC submissions
+    end_users: EndUsers
+    kyc: Kyc
+    #: requests to /v1/auth/* per source address
+    auth_throttle: Throttle
     #: upstream providers that post deposit callbacks, by name
     providers: Mapping[str, Provider] = field(default_factory=dict)
     #: record an accepted callback's claim right after acknowledging it (else: the sweep)
@@ -57,18 +72,54 @@ Context = Annotated[AppContext, Depends(context)]
 
 async def merchant(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> str:
     """The merchant whose API key authorises this request."""
-    if authorization is None:
+    secret = _bearer(authorization)
+    if secret is None:
         raise unauthorized("send 'Authorization: Bearer <api key>'")
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise unauthorized("send 'Authorization: Bearer <api key>'")
-    merchant_id = await authenticate(ctx.db, secret.strip())
+    merchant_id = await authenticate(ctx.db, secret)
     if merchant_id is None:
         raise unauthorized("the API key is unknown or revoked")
     return merchant_id
 
 
 MerchantId = Annotated[str, Depends(merchant)]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return secret.strip()
+
+
+async def end_user(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> Account:
+    """The end user whose session token authorises this request."""
+    token = _bearer(authorization)
+    if token is None:
+        raise unauthorized("send 'Authorization: Bearer <session token>' from /v1/auth/login")
+    account = await ctx.end_users.authenticate(token)
+    if account is None:
+        raise unauthorized("the session token is unknown, expired or logged out")
+    return account
+
+
+EndUser = Annotated[Account, Depends(end_user)]
+
+
+async def throttled(request: Request, ctx: Context) -> None:
+    """Count the request against its source address's auth rate limit (429 beyond it)."""
+    peer = request.client.host if request.client else "unknown"
+    headers = {"x-forwarded-for": request.headers.get("x-forwarded-for", "")}
+    wait = ctx.auth_throttle.allow(client_address(peer, headers, ctx.trusted_proxies))
+    if wait is not None:
+        raise Problem(
+            429,
+            "too-many-requests",
+            "Too many requests",
+            f"at most {ctx.auth_throttle.per_minute} a minute from one address; try again later",
+            headers={"Retry-After": retry_after(wait)},
+        )
 
 
 async def language(

@@ -23,6 +23,7 @@ from depositd.api.schemas import (
     ObservationOut,
     OrderIn,
     OrderOut,
+    OrderTerms,
     TransactionOut,
     TransactionPage,
     Transition,
@@ -76,6 +77,10 @@ async def get_user(external_id: ExternalId, merchant_id: MerchantId, ctx: Contex
 async def get_balances(
     external_id: ExternalId, merchant_id: MerchantId, ctx: Context
 ) -> BalancesOut:
+    return await balances_of(ctx, merchant_id, external_id)
+
+
+async def balances_of(ctx: AppContext, merchant_id: str, external_id: str) -> BalancesOut:
     found = await queries.user_balances(ctx.db, merchant_id, external_id)
     return BalancesOut(
         user=UserOut.of(found.user),
@@ -148,6 +153,12 @@ async def list_deposits(
         created_from=created_from,
         created_to=created_to,
     )
+    return await deposits_page(ctx, where, cursor, limit, language)
+
+
+async def deposits_page(
+    ctx: AppContext, where: DepositFilter, cursor: str | None, limit: int, language: str
+) -> DepositPage:
     page = await queries.list_deposits(ctx.db, where, cursor, limit)
     return DepositPage(
         data=[DepositOut.of(d, ctx.assets[d.asset], language) for d in page.items],
@@ -167,7 +178,21 @@ async def get_deposit(
     ctx: Context,
     language: Language,
 ) -> DepositDetail:
+    return await deposit_detail(ctx, merchant_id, deposit_id, language)
+
+
+async def deposit_detail(
+    ctx: AppContext,
+    merchant_id: str,
+    deposit_id: str,
+    language: str,
+    *,
+    external_id: str | None = None,
+) -> DepositDetail:
+    """The merchant's deposit (with ``external_id``: only that user's, else ``NotFound``)."""
     found = await queries.get_deposit(ctx.db, merchant_id, deposit_id)
+    if external_id is not None and found.deposit.user_external_id != external_id:
+        raise NotFound(f"no deposit {deposit_id}")
     deposit = DepositOut.of(found.deposit, ctx.assets[found.deposit.asset], language)
     return DepositDetail(
         **deposit.model_dump(),
@@ -259,6 +284,17 @@ async def list_transactions(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> TransactionPage:
+    return await transactions_page(ctx, merchant_id, user, asset, cursor, limit)
+
+
+async def transactions_page(
+    ctx: AppContext,
+    merchant_id: str,
+    user: str | None,
+    asset: str | None,
+    cursor: str | None,
+    limit: int,
+) -> TransactionPage:
     _require_known(ctx, asset)
     page = await queries.transaction_records(ctx.db, merchant_id, user, asset, cursor, limit)
     out = []
@@ -313,6 +349,12 @@ OrderId = Annotated[str, Path(max_length=40, description="the order's id (ord_â€
 async def create_deposit_order(
     body: OrderIn, merchant_id: MerchantId, ctx: Context, language: Language
 ) -> OrderOut:
+    return await new_order(ctx, merchant_id, body.user, body, language)
+
+
+async def new_order(
+    ctx: AppContext, merchant_id: str, external_id: str, body: OrderTerms, language: str
+) -> OrderOut:
     asset = ctx.assets[body.asset]
     amount = None if body.amount is None else parse_amount(body.amount, asset.decimals)
     detail = await orders.create_order(
@@ -320,7 +362,7 @@ async def create_deposit_order(
         ctx.chain_ids,
         ctx.assets,
         merchant_id,
-        body.user,
+        external_id,
         asset.code,
         amount,
         timedelta(seconds=body.expires_in_seconds),
@@ -339,7 +381,21 @@ async def create_deposit_order(
 async def get_deposit_order(
     order_id: OrderId, merchant_id: MerchantId, ctx: Context, language: Language
 ) -> OrderOut:
+    return await order_of(ctx, merchant_id, order_id, language)
+
+
+async def order_of(
+    ctx: AppContext,
+    merchant_id: str,
+    order_id: str,
+    language: str,
+    *,
+    external_id: str | None = None,
+) -> OrderOut:
+    """The merchant's order (with ``external_id``: only that user's, else ``NotFound``)."""
     detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
+    if external_id is not None and detail.order.user_external_id != external_id:
+        raise NotFound(f"no deposit order {order_id}")
     return OrderOut.of(detail, ctx.assets[detail.order.asset], language)
 
 

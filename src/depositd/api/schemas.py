@@ -48,7 +48,10 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found (or another merchant's)",
         409: "The request clashes with the resource's state",
         413: "Request body too large",
+        403: "The account may not do this yet",
         422: "Input that cannot be accepted",
+        429: "Too many requests; see Retry-After",
+        503: "Not available on this server",
     }
     schema = ProblemOut.model_json_schema()
     return {
@@ -240,8 +243,10 @@ def format_balance(asset: Asset, available: int, locked: int) -> BalanceOut:
     )
 
 
-class OrderIn(_In):
-    user: StrictStr = Field(pattern=EXTERNAL_ID, description="the user's external_id")
+class OrderTerms(_In):
+    """What an order asks for: the user is the caller's to name (merchants) or is the caller
+    (end users)."""
+
     asset: StrictStr = Field(min_length=1, max_length=40)
     amount: StrictStr | None = Field(
         None,
@@ -260,6 +265,10 @@ class OrderIn(_In):
         le=int(MAX_EXPIRY.total_seconds()),
         strict=True,
     )
+
+
+class OrderIn(OrderTerms):
+    user: StrictStr = Field(pattern=EXTERNAL_ID, description="the user's external_id")
 
 
 class OrderDepositOut(BaseModel):

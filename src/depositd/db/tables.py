@@ -418,3 +418,76 @@ inbound_callbacks = Table(
     ),
     Index(None, "merchant_id", "received_at"),
 )
+
+#: end users who registered themselves (email and password), each one a merchant's user
+end_users = Table(
+    "end_users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    #: the merchant's user this account is (its external_id is this row's id)
+    Column("user_id", ForeignKey("users.id"), nullable=False, unique=True),
+    #: lower-cased; one account per email per merchant
+    Column("email", String(254), nullable=False),
+    #: argon2id, in the PHC string format (parameters and salt included)
+    Column("password_hash", String(200), nullable=False),
+    _ts("created_at"),
+    _ts("email_verified_at", nullable=True),
+    #: failed logins since the last success; at the limit the account is locked for a while
+    Column("failed_logins", Integer, nullable=False, server_default=text("0")),
+    _ts("locked_until", nullable=True),
+    UniqueConstraint("merchant_id", "email"),
+)
+
+#: one-time tokens sent by email (verification); only their SHA-256 is stored
+email_tokens = Table(
+    "email_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("end_user_id", ForeignKey("end_users.id"), nullable=False, index=True),
+    Column("purpose", String(20), nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("used_at", nullable=True),
+)
+
+#: login sessions; the bearer token is shown once, only its SHA-256 is stored
+end_user_sessions = Table(
+    "end_user_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("end_user_id", ForeignKey("end_users.id"), nullable=False, index=True),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+#: KYC submissions: the personal fields sealed (AES-256-GCM), the decision in the clear
+kyc_submissions = Table(
+    "kyc_submissions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False),
+    Column("end_user_id", ForeignKey("end_users.id"), nullable=False, index=True),
+    #: the level the user asks for
+    Column("level", Integer, nullable=False),
+    #: nonce + ciphertext + tag of the personal fields as JSON, bound to this row's id
+    Column("sealed", LargeBinary, nullable=False),
+    #: ``pending``, ``approved`` or ``rejected``
+    Column("status", String(20), nullable=False),
+    _ts("submitted_at"),
+    _ts("decided_at", nullable=True),
+    #: the level granted on approval (the operator may grant less than asked)
+    Column("granted_level", Integer, nullable=True),
+    #: why it was rejected, shown to the user
+    Column("reason", String(500), nullable=True),
+    Index(None, "merchant_id", "status", "submitted_at"),
+    #: one submission of a user waits for review at a time
+    Index(
+        "uq_kyc_submissions_pending",
+        "end_user_id",
+        unique=True,
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+)

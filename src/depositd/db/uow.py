@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.callbacks import CallbackRepository
+from depositd.db.end_users import EndUserRepository, KycRepository
 from depositd.db.engine import Database
 from depositd.db.outbox import DeliveryRepository
 from depositd.db.repositories import (
@@ -52,6 +53,8 @@ class UnitOfWork:
         self.chains = ChainRepository(conn)
         self.deliveries = DeliveryRepository(conn)
         self.callbacks = CallbackRepository(conn)
+        self.end_users = EndUserRepository(conn)
+        self.kyc = KycRepository(conn)
         return self
 
     async def commit(self) -> None:

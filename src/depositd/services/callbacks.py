@@ -245,6 +245,18 @@ def address_within(address: str, networks: Sequence[IpNetwork]) -> bool:
     return any(ip in network for network in networks)
 
 
+def client_address(peer: str, headers: dict[str, str], trusted: Sequence[IpNetwork]) -> str:
+    """The request's source: the peer, or behind trusted proxies the last address in
+    ``X-Forwarded-For`` that is not one of them."""
+    if not trusted or not address_within(peer, trusted):
+        return peer
+    forwarded = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",")]
+    for hop in reversed(forwarded):
+        if hop and not address_within(hop, trusted):
+            return hop
+    return peer
+
+
 @dataclass(frozen=True)
 class Processed:
     callback_id: str
