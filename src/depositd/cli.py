@@ -28,6 +28,7 @@ from depositd.domain.assets import AssetBook
 from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
+from depositd.sealing import Sealer
 from depositd.services import addresses, merchants
 from depositd.workers import ROLES
 
@@ -234,8 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dev" and args.verb == "simulate":
             return asyncio.run(_simulate(config, args))
-        if args.command in ("serve", "dev"):
-            return _serve(config, args, dev=args.command == "dev")
+        if args.command == "dev":
+            return _serve(_with_dev_kyc_key(config), args, dev=True)
+        if args.command == "serve":
+            return _serve(config, args, dev=False)
         if args.command == "worker":
             return asyncio.run(_work(config, args.only))
         return asyncio.run(_admin(config, args))
@@ -447,6 +450,19 @@ async def _require_schema(db: Database) -> None:
         )
 
 
+def _with_dev_kyc_key(config: Config, path: Path = Path("var/kyc.key")) -> Config:
+    """In dev, KYC works out of the box: a key made once under ./var/ (unless one is set)."""
+    settings = config.end_users
+    if settings.kyc_key is not None or settings.kyc_key_file is not None:
+        return config
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(Sealer.new_key_text() + "\n")
+    update = {"end_users": settings.model_copy(update={"kyc_key_file": path})}
+    return config.model_copy(update=update)
+
+
 def _dev_chain(config: Config) -> tuple[str, ChainConfig]:
     for name, chain in config.chains.items():
         if chain.rpc_url is not None:
@@ -478,6 +494,7 @@ async def _prepare_dev(
             node.terminate()
         raise
     auth = f"-H 'Authorization: Bearer {key.secret}'"
+    outbox = config.email.outbox_dir
     json = "-H 'Content-Type: application/json'"
     started = "started by depositd dev" if node else "already running"
     print(
@@ -500,6 +517,10 @@ Try, in another terminal:
   curl -s {auth} -H 'Accept-Language: zh-CN' '{base_url}/v1/deposits?limit=1'
   curl -s {auth} '{base_url}/v1/events?after=0'
   curl -s {base_url}/readyz                  # the chain watcher's head, cursor and lag
+An end user of your platform signs up on their own (the email lands in {outbox}/):
+  curl -s {json} {base_url}/v1/auth/register -d \\
+     '{{"merchant": "{merchant_id}", "email": "mei@example.com", "password": "long passphrase"}}'
+  then POST the token to /v1/auth/verify-email, log in at /v1/auth/login, and read /v1/me
 API reference: {base_url}/docs   (OpenAPI: {base_url}/openapi.json)
 """,
         flush=True,

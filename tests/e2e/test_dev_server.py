@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -30,7 +31,7 @@ def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
         text=True,
     ) as server:
         try:
-            key = _use_as_printed(server, port)
+            key = _use_as_printed(server, port, tmp_path / "var" / "outbox")
             simulated = subprocess.run(
                 [sys.executable, "-m", "depositd.cli", "dev", "simulate", "--user", "bob"],
                 cwd=tmp_path,
@@ -52,6 +53,7 @@ def test_dev_prints_a_working_key_and_serves(tmp_path: Path) -> None:
     assert lines[-1] == "2 of 2 deposits credited"
     assert (tmp_path / "var" / "depositd.db").exists()
     assert (tmp_path / "var" / "anvil-chain.json").exists()  # the dev chain outlives a restart
+    assert (tmp_path / "var" / "kyc.key").stat().st_mode & 0o777 == 0o600
     assert not _listening(chain_port), "the dev chain was left running"
     assert "Application startup complete" in stderr
     assert key not in stderr  # the key is shown to the operator, never logged
@@ -68,7 +70,7 @@ def _listening(port: int) -> bool:
     return True
 
 
-def _use_as_printed(server: subprocess.Popen[str], port: int) -> str:
+def _use_as_printed(server: subprocess.Popen[str], port: int, outbox: Path) -> str:
     """Follow the printed examples against the running server; returns the printed key."""
     assert server.stdout is not None
     printed = ""
@@ -98,4 +100,29 @@ def _use_as_printed(server: subprocess.Popen[str], port: int) -> str:
         assert credited.json()["deposit"]["status"] == "credited"
         balances = client.get("/v1/users/alice/balances").json()["balances"]
         assert balances[0]["available"] == "25.5"
+    _sign_up_as_printed(printed, port, outbox)
     return match.group(0)
+
+
+def _sign_up_as_printed(printed: str, port: int, outbox: Path) -> None:
+    """The printed end-user sign-up works, its email lands in the outbox, KYC is set up."""
+    command = re.search(r"(\{\"merchant\": .*\})'", printed)
+    assert command, printed
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        body = json.loads(command.group(1))
+        assert client.post("/v1/auth/register", json=body).status_code == 202
+        [mail] = list(outbox.glob("*.eml"))
+        token = re.search(r"token is: (\S+)", mail.read_text())
+        assert token, mail.read_text()
+        assert client.post("/v1/auth/verify-email", json={"token": token[1]}).status_code == 200
+        session = client.post("/v1/auth/login", json=body).json()
+        client.headers["Authorization"] = f"Bearer {session['token']}"
+        kyc = {
+            "level": 1,
+            "full_name": "Mei Lin",
+            "date_of_birth": "1992-08-15",
+            "country": "SG",
+            "document_type": "passport",
+            "document_number": "K1",
+        }
+        assert client.post("/v1/me/kyc", json=kyc).status_code == 201
