@@ -8,19 +8,26 @@ numbers that explain it (``Finding.params``):
   logarithm of the amounts (deposit sizes are roughly log-normal: a user who sends 100 and 200
   is as steady as one who sends 10,000 and 20,000) we take the median and the median absolute
   deviation (MAD) of the user's last ``HISTORY_SIZE`` deposits, and the robust z-score
-  ``z = (ln amount - median) / (1.4826 * MAD)``. It fires when ``z >= amount_z`` and the
-  amount is at least ``amount_min_ratio`` times the user's median, once the user has at least
-  ``min_history`` deposits. The scale has a floor (``min_log_scale``) so that a user who
-  always sends the same amount (MAD 0) is not held for sending a little more once; the ratio
-  floor says the same in plain terms. Only upward: a smaller deposit than usual risks nothing.
-* **anomaly_burst** — more deposits within ``burst_window`` (this one included) than
-  ``burst_count``, or than ``burst_factor`` times what the user usually makes in such a window
-  (their rate over the history before the window), whichever is higher: a heavy user's busy
-  hour is not a burst, a quiet user's is.
+  ``z = (ln amount - median) / (1.4826 * b_n * MAD)``, where ``b_n`` is Croux and Rousseeuw's
+  finite-sample factor (1992; 1.14 for 7 deposits, 1.02 for 50): the MAD of a few values is
+  too small on average. It fires when ``z >= amount_z`` and the amount is at least
+  ``amount_min_ratio`` times the user's median, once the user has ``min_history`` deposits.
+  The scale has a floor (``min_log_scale``) so that a user who always sends the same amount
+  (MAD 0) is not held for sending a little more once; the ratio floor says the same in plain
+  terms. Only upward: a smaller deposit than usual risks nothing.
+* **anomaly_burst** — more than ``burst_count`` deposits within ``burst_window`` (this one
+  included), and a count that a Poisson process at the user's usual rate would reach in such
+  a window with a chance of at most ``burst_chance``. The usual rate comes from the history
+  before the window (so a burst does not raise its own bar), up to the window's start (so a
+  long silence lowers it): a heavy user's busy hour is not a burst, a quiet user's is.
 * **anomaly_structuring** — at least ``structuring_count`` deposits within
   ``structuring_window`` (this one included) each within ``structuring_margin`` below a limit
   the caller names: a KYC limit at the user's level or a reporting threshold. Splitting a sum
-  so that no single deposit reaches a threshold is the classic way around it.
+  so that no single deposit reaches a threshold is the classic way around it. A user whose
+  amounts are usually near the limit lands there by chance, so the count must also be more
+  than ``structuring_factor`` times what the log-normal of the user's own median and scale
+  puts in that band (a handful of deposits far from the median barely moves median and MAD,
+  so a run does not excuse itself).
 * **anomaly_first_large** — the user's first deposit of the asset is at least
   ``first_absolute`` base units, or, once the asset has ``first_min_peers`` first deposits to
   compare with, its robust z-score among the asset's recent first deposits
@@ -51,13 +58,14 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import Any
 
 #: deposits of one user and asset kept for the statistics (the oldest are dropped)
 HISTORY_SIZE = 50
 #: first deposits of an asset kept as the yardstick for a new user's first
 FIRST_DEPOSITS_SIZE = 200
-#: 1 / 1.4826 is the MAD of a standard normal distribution: MAD * 1.4826 estimates sigma
+#: the MAD of a standard normal distribution is 1 / 1.4826: MAD * 1.4826 estimates sigma
 MAD_TO_SIGMA = 1.4826
 
 
@@ -67,9 +75,11 @@ class AnomalyPolicy:
     because ``first_absolute`` is in the asset's base units."""
 
     #: deposits a user needs before their amounts are judged against their own history
-    min_history: int = 5
-    #: robust z-score on the log amount at or above which an amount is anomalous
-    amount_z: float = 3.5
+    min_history: int = 8
+    #: robust z-score on the log amount at or above which an amount is anomalous: 3.0 is
+    #: about 1 in 740 of a log-normal user's ordinary deposits; 3.5 (1 in 4,300) holds fewer
+    #: and finds fewer (docs/benchmarks.md)
+    amount_z: float = 3.0
     #: and the amount must be at least this many times the user's median
     amount_min_ratio: float = 5.0
     #: floor of the log-amount scale (sigma), so that a user with identical amounts (MAD 0)
@@ -77,14 +87,18 @@ class AnomalyPolicy:
     min_log_scale: float = 0.3
     burst_window: timedelta = timedelta(hours=1)
     #: more deposits than this within ``burst_window`` is a burst ...
-    burst_count: int = 5
-    #: ... or more than this many times the user's usual count in such a window, if higher
-    burst_factor: float = 5.0
+    burst_count: int = 4
+    #: ... if a Poisson process at the user's usual rate reaches that many in a window with
+    #: at most this chance (so a heavy user needs more)
+    burst_chance: float = 1e-5
     structuring_window: timedelta = timedelta(days=7)
     #: this many deposits just under the limit within ``structuring_window`` is structuring
     structuring_count: int = 3
     #: "just under": at least ``limit * (1 - margin)`` and below ``limit``
     structuring_margin: float = 0.1
+    #: ... and more than this many times the count that the user's own spread of amounts
+    #: (median and MAD) would put just under the limit
+    structuring_factor: float = 3.0
     #: a first deposit of at least this many base units is held whatever the others did
     first_absolute: int | None = None
     #: first deposits of the asset needed before a first deposit is compared with them
@@ -171,10 +185,15 @@ class _Spread:
         logs = [math.log(a) for a in amounts]
         median = statistics.median(logs)
         mad = statistics.median([abs(x - median) for x in logs])
-        return cls(median, max(MAD_TO_SIGMA * mad, min_scale))
+        return cls(median, max(MAD_TO_SIGMA * mad * _small_sample(len(logs)), min_scale))
 
     def z(self, amount: int) -> float:
         return (math.log(amount) - self.median) / self.scale
+
+    def share(self, low: int, high: int) -> float:
+        """The share of amounts in [low, high) a log-normal with this median and scale has."""
+        normal = NormalDist(self.median, self.scale)
+        return normal.cdf(math.log(high)) - normal.cdf(math.log(low))
 
     def ratio(self, amount: int) -> float:
         return amount / math.exp(self.median)
@@ -263,13 +282,14 @@ class Detector:
         count = bisect.bisect_right(history.times, stamp) - start + 1
         if count <= policy.burst_count:
             return None
-        # the user's usual rate, from the deposits before the window: a burst does not
-        # raise its own bar
+        # the user's usual count in such a window, from the deposits before it (a burst does
+        # not raise its own bar) up to its start (a long silence lowers the rate)
         before = history.times[:start]
         usual = 0.0
-        if len(before) >= 2 and before[-1] > before[0]:
-            usual = (len(before) - 1) / (before[-1] - before[0]) * window
-        if count <= policy.burst_factor * usual:
+        if before:
+            usual = len(before) / max(stamp - window - before[0], window) * window
+        at_least = max(policy.burst_count + 1, _poisson_bound(usual, policy.burst_chance))
+        if count < at_least:
             return None
         return Finding(
             "anomaly_burst",
@@ -277,7 +297,7 @@ class Detector:
                 "count": count,
                 "window_minutes": round(window / 60),
                 "usual": round(usual, 2),
-                "count_limit": max(policy.burst_count, math.floor(policy.burst_factor * usual)),
+                "count_limit": at_least,
             },
         )
 
@@ -285,24 +305,60 @@ class Detector:
         self, history: UserHistory, amount: int, stamp: float, limit: int | None
     ) -> Finding | None:
         policy = self.policy
-        if limit is None or not _just_under(amount, limit, policy.structuring_margin):
+        margin = policy.structuring_margin
+        if limit is None or not _just_under(amount, limit, margin):
             return None
         start = bisect.bisect_left(history.times, stamp - policy.structuring_window.total_seconds())
         end = bisect.bisect_right(history.times, stamp)
-        under = 1 + sum(
-            _just_under(a, limit, policy.structuring_margin) for a in history.amounts[start:end]
-        )
+        under = 1 + sum(_just_under(a, limit, margin) for a in history.amounts[start:end])
         if under < policy.structuring_count:
+            return None
+        # a user whose amounts are usually near the limit lands just under it often by chance:
+        # compare with the share of their deposits their own spread puts there (median and
+        # MAD barely move for a few deposits far from the median, so the run itself does not
+        # raise its own bar)
+        usual = 0.0
+        if len(history.amounts) >= policy.min_history:
+            spread = _Spread.of(history.amounts, policy.min_log_scale)
+            usual = spread.share(limit - int(limit * margin), limit)
+        expected = usual * (end - start + 1)
+        if under <= policy.structuring_factor * expected:
             return None
         return Finding(
             "anomaly_structuring",
             {
                 "count": under,
+                "deposits": end - start + 1,
+                "usual_percent": round(usual * 100, 1),
                 "limit": limit,
-                "margin_percent": round(policy.structuring_margin * 100, 1),
+                "margin_percent": round(margin * 100, 1),
                 "window_hours": round(policy.structuring_window.total_seconds() / 3600),
             },
         )
+
+
+def _poisson_bound(mean: float, chance: float) -> int:
+    """The smallest count c with P(N >= c) <= ``chance`` for N ~ Poisson(``mean``)."""
+    term = math.exp(-mean)  # P(N = 0)
+    below, count = term, 0  # below = P(N <= count)
+    while 1 - below > chance:
+        count += 1
+        term *= mean / count
+        below += term
+    return count + 1
+
+
+def _small_sample(n: int) -> float:
+    """Croux & Rousseeuw's (1992) factor b_n that makes the MAD of n normal samples an
+    unbiased estimate of sigma: a few deposits' MAD is too small on average, and a scale too
+    small holds ordinary amounts."""
+    if n <= 9:
+        return _SMALL_SAMPLE[n]
+    return n / (n - 0.8)
+
+
+#: b_n for n = 0 .. 9 (n < 2 has no spread to correct)
+_SMALL_SAMPLE = (1.0, 1.0, 1.196, 1.495, 1.363, 1.206, 1.200, 1.140, 1.129, 1.107)
 
 
 def _just_under(amount: int, limit: int, margin: float) -> bool:
