@@ -246,6 +246,13 @@ def test_state_round_trips_through_json() -> None:
     assert FirstDeposits.from_json(first) == detector.first_deposits
 
 
+def test_a_zero_amount_is_neither_held_nor_kept() -> None:
+    detector = Detector()
+    history = regular_user(detector)
+    assert feed(detector, history, [0], next_day(history), timedelta(0)) == [None]
+    assert history.seen == 20
+
+
 def test_times_must_be_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         Detector().assess(UserHistory(), USDT, datetime(2026, 11, 1), LIMIT)

@@ -132,8 +132,11 @@ class UserHistory:
 
     def observe(self, amount: int, at: datetime) -> None:
         """Add a deposit (a late one goes to its place in time) and drop the oldest beyond
-        ``HISTORY_SIZE``."""
+        ``HISTORY_SIZE``. A zero amount says nothing about habits (and has no logarithm):
+        it is not kept."""
         stamp = _seconds(at)
+        if amount <= 0:
+            return
         index = bisect.bisect_right(self.times, stamp)
         self.times.insert(index, stamp)
         self.amounts.insert(index, amount)
@@ -238,9 +241,7 @@ class Detector:
     def observe(self, history: UserHistory, amount: int, at: datetime) -> None:
         """Record the deposit in the user's history (and, if it is their first, in the
         asset's first deposits)."""
-        if amount <= 0:
-            return
-        if history.seen == 0:
+        if history.seen == 0 and amount > 0:
             self.first_deposits.observe(amount)
         history.observe(amount, at)
 
