@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from depositd.domain.anomaly import AnomalyPolicy
 from depositd.domain.assets import Asset, AssetBook, ConfirmationTier
 from depositd.domain.deposits import ProviderStatus
 from depositd.domain.money import parse_amount
@@ -158,6 +159,18 @@ class TierConfig(_Section):
     confirmations: int = Field(ge=0)
 
 
+class AnomalyConfig(_Section):
+    """Anomaly detection for an asset (``domain.anomaly``): unusual credits are held."""
+
+    #: robust z-score of an amount against the user's own history at which it is held
+    amount_z: float = Field(3.0, ge=1.0, le=20.0)
+    #: structuring: several deposits each just under this amount; default: the user's KYC
+    #: limit for the asset
+    threshold: str | None = None
+    #: a user's first deposit of at least this is held, whatever other newcomers sent
+    first_over: str | None = None
+
+
 class AssetConfig(_Section):
     code: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
     #: the chain it moves on; none for a fiat currency, paid through a payment provider
@@ -175,6 +188,21 @@ class AssetConfig(_Section):
     #: (``{ 0 = "1000", 1 = "10000", 2 = "unlimited" }``); a deposit that would pass its
     #: user's limit is held for review. A level not listed uses the highest one below it
     kyc_limits: dict[Annotated[int, Field(ge=0, le=100)], str] = {}
+    #: hold credits unlike the user's habits for review (``[assets.anomaly]``, or
+    #: ``anomaly = {}`` for the defaults)
+    anomaly: AnomalyConfig | None = None
+
+    def anomaly_policy(self) -> tuple[AnomalyPolicy | None, int | None]:
+        """The detector's policy and the structuring threshold, in base units."""
+        if self.anomaly is None:
+            return None, None
+        cfg = self.anomaly
+
+        def units(amount: str | None) -> int | None:
+            return None if amount is None else parse_amount(amount, self.decimals)
+
+        policy = AnomalyPolicy(amount_z=cfg.amount_z, first_absolute=units(cfg.first_over))
+        return policy, units(cfg.threshold)
 
 
 class AckConfig(_Section):
@@ -451,6 +479,7 @@ class Config(_Section):
                     (level, None if limit == "unlimited" else parse_amount(limit, cfg.decimals))
                     for level, limit in sorted(cfg.kyc_limits.items())
                 )
+                anomaly, anomaly_threshold = cfg.anomaly_policy()
             except InvalidAmount as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             book.append(
@@ -465,6 +494,8 @@ class Config(_Section):
                     block_time_seconds=chain.block_time_seconds if chain else 0.0,
                     tiers=tiers,
                     kyc_limits=kyc_limits,
+                    anomaly=anomaly,
+                    anomaly_threshold=anomaly_threshold,
                 )
             )
         for cfg in self.assets:

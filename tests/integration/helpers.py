@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 from depositd.db.engine import Database
-from depositd.domain.deposits import ChainRef, Observation, ToAddress
+from depositd.domain.deposits import (
+    ChainRef,
+    Observation,
+    ProviderRef,
+    ProviderStatus,
+    ToAddress,
+    ToUser,
+)
 from depositd.services import merchants, users
 
 CHAIN = "anvil"
@@ -38,4 +47,26 @@ def eth_transfer(
         block_hash=None if confirmations == 0 and not removed else block,
         block_number=None if block is None else 100,
         removed=removed,
+    )
+
+
+_paid_ids = itertools.count(1)
+
+
+async def merchant_with_users(db: Database, *external_ids: str) -> str:
+    """A merchant and users with these external ids; returns the merchant id."""
+    merchant = await merchants.create_merchant(db, "acme")
+    for external_id in external_ids:
+        await users.ensure_user(db, merchant.id, external_id)
+    return merchant.id
+
+
+def paid(merchant_id: str, amount: int, user: str = "alice", asset: str = "USDT") -> Observation:
+    """A custody provider's report of a new, succeeded deposit to the user."""
+    return Observation(
+        ref=ProviderRef(merchant_id, "custody", f"d{next(_paid_ids)}"),
+        owner=ToUser(merchant_id, user),
+        asset=asset,
+        amount=amount,
+        provider_status=ProviderStatus.SUCCEEDED,
     )

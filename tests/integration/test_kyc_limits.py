@@ -4,7 +4,6 @@ past the limit of their KYC level within 24 hours is held for review, with a hin
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import replace
 from datetime import timedelta
 
@@ -16,18 +15,14 @@ from depositd.db.tables import deposits, users
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import (
     DepositStatus,
-    Observation,
-    ProviderRef,
-    ProviderStatus,
-    ToUser,
 )
-from depositd.services import merchants, queries
-from depositd.services import users as user_service
+from depositd.services import queries
 from depositd.services.observations import record_observation, record_observations
 from depositd.services.reviews import review_deposit
 
+from .helpers import merchant_with_users, paid
+
 USDT = 10**6
-_ids = itertools.count(1)
 
 
 @pytest.fixture
@@ -39,20 +34,7 @@ def limited(assets: AssetBook) -> AssetBook:
 
 @pytest.fixture
 async def merchant_id(db: Database) -> str:
-    merchant = await merchants.create_merchant(db, "acme")
-    for name in ("alice", "bob"):
-        await user_service.ensure_user(db, merchant.id, name)
-    return merchant.id
-
-
-def paid(merchant_id: str, amount: int, user: str = "alice", asset: str = "USDT") -> Observation:
-    return Observation(
-        ref=ProviderRef(merchant_id, "custody", f"d{next(_ids)}"),
-        owner=ToUser(merchant_id, user),
-        asset=asset,
-        amount=amount,
-        provider_status=ProviderStatus.SUCCEEDED,
-    )
+    return await merchant_with_users(db, "alice", "bob")
 
 
 async def set_level(db: Database, merchant_id: str, user: str, level: int) -> None:

@@ -49,6 +49,17 @@ PLAUSIBLE_PARAMS: dict[str, dict[str, Any]] = {
     "held_claim_unverifiable": {},
     "held_for_review": {"rule": "amount spike"},
     "held_kyc_limit": {"limit": "1000", "symbol": "USDT", "hours": 24, "level": 0},
+    "anomaly_amount": {
+        "amount": "5000",
+        "symbol": "USDT",
+        "ratio": 41.7,
+        "median": "120",
+        "z": 6.1,
+    },
+    "anomaly_burst": {"count": 9, "window_minutes": 60, "usual": 0.4},
+    "anomaly_structuring": {"count": 4, "window_hours": 168, "limit": "1000", "symbol": "USDT"},
+    "anomaly_first_large": {"amount": "90000", "symbol": "USDT", "ratio": 180.0, "median": "500"},
+    "anomaly_first_over": {"amount": "60000", "symbol": "USDT", "absolute_limit": "50000"},
     "approved_by_reviewer": {},
     "rejected_by_reviewer": {},
 }

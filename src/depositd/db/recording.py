@@ -16,6 +16,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache, partial
@@ -70,10 +71,40 @@ class RecordingStore(Protocol):
         """These users' KYC levels and what was credited to them of these assets since
         ``since``; the users stay locked until commit, so concurrent credits queue."""
 
+    async def screening(self, user_ids: Collection[str], assets: Collection[str]) -> Screening:
+        """What anomaly detection knows of these users and assets; the users stay locked
+        until commit, so concurrent credits of one user queue."""
+
+    async def save_screening(self, screening: Screening, now: datetime) -> None:
+        """Store the histories and first deposits ``screening`` changed."""
+
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         """Mark the stored callbacks whose claims this transaction records as processed."""
 
     async def commit(self) -> None: ...
+
+
+@dataclass
+class Screening:
+    """Anomaly detection's state for one recording batch, as JSON documents
+    (``UserHistory.to_json``, ``FirstDeposits.to_json``)."""
+
+    #: each user's KYC level (a structuring run stays under their limit)
+    levels: dict[str, int]
+    #: (user id, asset) → history; users without one are not listed
+    histories: dict[tuple[str, str], dict[str, Any]]
+    #: asset → its recent first deposits
+    first: dict[str, dict[str, Any]]
+    #: what the batch changed, to be saved
+    changed_histories: set[tuple[str, str]] = field(default_factory=set)
+    changed_first: set[str] = field(default_factory=set)
+
+    def history_rows(self) -> list[tuple[str, str, str]]:
+        return [(user, asset, json.dumps(self.histories[user, asset]))
+                for user, asset in sorted(self.changed_histories)]  # fmt: skip
+
+    def first_rows(self) -> list[tuple[str, str]]:
+        return [(asset, json.dumps(self.first[asset])) for asset in sorted(self.changed_first)]
 
 
 @asynccontextmanager
@@ -335,6 +366,28 @@ class _SqliteStore:
                                                 _sqlite_stamp(since)))  # fmt: skip
         return LimitCheck(levels, _sum_credited(cursor.fetchall()))
 
+    async def screening(self, user_ids: Collection[str], assets: Collection[str]) -> Screening:
+        return await self._in_thread(self._screening, user_ids, assets)
+
+    def _screening(self, user_ids: Collection[str], assets: Collection[str]) -> Screening:
+        # the write lock is ours already: nobody else credits these users meanwhile
+        cursor = self._cursor()
+        users, codes = json.dumps(sorted(user_ids)), json.dumps(sorted(assets))
+        cursor.execute(_SQLITE_KYC_LEVELS, (users,))
+        levels = dict(cursor.fetchall())
+        cursor.execute(_SQLITE_HISTORIES, (users, codes))
+        histories = {(user, asset): json.loads(doc) for user, asset, doc in cursor.fetchall()}
+        cursor.execute(_SQLITE_FIRST_DEPOSITS, (codes,))
+        first = {asset: json.loads(doc) for asset, doc in cursor.fetchall()}
+        return Screening(levels, histories, first)
+
+    async def save_screening(self, screening: Screening, now: datetime) -> None:
+        stamp = _sqlite_stamp(now)
+        histories = [(*row, stamp) for row in screening.history_rows()]
+        firsts = [(*row, stamp) for row in screening.first_rows()]
+        await self._in_thread(self._executemany, _SQLITE_SAVE_HISTORY, histories)
+        await self._in_thread(self._executemany, _SQLITE_SAVE_FIRST_DEPOSITS, firsts)
+
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         rows = [(_sqlite_stamp(now), deposit_id, result, callback_id)
                 for callback_id, deposit_id, result, now in outcomes]  # fmt: skip
@@ -356,6 +409,46 @@ SELECT user_id, asset, amount FROM deposits
 WHERE user_id = ANY($1::text[]) AND asset = ANY($2::text[])
   AND status = 'credited' AND updated_at >= $3
 """
+
+_SQLITE_HISTORIES = """
+SELECT user_id, asset, history FROM anomaly_histories
+WHERE user_id IN (SELECT value FROM json_each(?)) AND asset IN (SELECT value FROM json_each(?))
+"""
+_SQLITE_FIRST_DEPOSITS = """
+SELECT asset, data FROM anomaly_first_deposits WHERE asset IN (SELECT value FROM json_each(?))
+"""
+_SQLITE_SAVE_HISTORY = """
+INSERT INTO anomaly_histories (user_id, asset, history, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (user_id, asset) DO UPDATE SET history = excluded.history,
+  updated_at = excluded.updated_at
+"""
+_SQLITE_SAVE_FIRST_DEPOSITS = """
+INSERT INTO anomaly_first_deposits (asset, data, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (asset) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at
+"""
+_PG_HISTORIES = """
+SELECT user_id, asset, history::text AS history FROM anomaly_histories
+WHERE user_id = ANY($1::text[]) AND asset = ANY($2::text[])
+"""
+_PG_FIRST_DEPOSITS = """
+SELECT asset, data::text AS data FROM anomaly_first_deposits WHERE asset = ANY($1::text[])
+"""
+_PG_SAVE_HISTORY = """
+INSERT INTO anomaly_histories (user_id, asset, history, updated_at)
+SELECT u, a, h::json, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS t(u, a, h)
+ON CONFLICT (user_id, asset) DO UPDATE SET history = excluded.history,
+  updated_at = excluded.updated_at
+"""
+_PG_SAVE_FIRST_DEPOSITS = """
+INSERT INTO anomaly_first_deposits (asset, data, updated_at)
+SELECT a, d::json, $3 FROM unnest($1::text[], $2::text[]) AS t(a, d)
+ON CONFLICT (asset) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at
+"""
+
+
+def _transposed(rows: Sequence[tuple[str, ...]], width: int) -> list[list[str]]:
+    """Rows as columns: the arrays an ``unnest`` statement takes."""
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 def _sum_credited(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str], int]:
@@ -714,6 +807,29 @@ class _PostgresStore:
             raise RetryTransaction("an account was opened concurrently")
         last: int = row["last_seq"]
         return list(range(last - len(events) + 1, last + 1))
+
+    async def screening(self, user_ids: Collection[str], assets: Collection[str]) -> Screening:
+        users, codes = sorted(user_ids), sorted(assets)
+        levels = {
+            row["id"]: row["kyc_level"] for row in await self._conn.fetch(_PG_KYC_LEVELS, users)
+        }
+        histories = {
+            (row["user_id"], row["asset"]): json.loads(row["history"])
+            for row in await self._conn.fetch(_PG_HISTORIES, users, codes)
+        }
+        first = {
+            row["asset"]: json.loads(row["data"])
+            for row in await self._conn.fetch(_PG_FIRST_DEPOSITS, codes)
+        }
+        return Screening(levels, histories, first)
+
+    async def save_screening(self, screening: Screening, now: datetime) -> None:
+        histories = screening.history_rows()
+        if histories:
+            await self._conn.execute(_PG_SAVE_HISTORY, *_transposed(histories, 3), now)
+        firsts = screening.first_rows()
+        if firsts:
+            await self._conn.execute(_PG_SAVE_FIRST_DEPOSITS, *_transposed(firsts, 2), now)
 
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         await self._conn.execute(PG_MARK_PROCESSED, *pg_mark_arguments(outcomes))

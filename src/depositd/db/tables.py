@@ -491,3 +491,24 @@ kyc_submissions = Table(
         sqlite_where=text("status = 'pending'"),
     ),
 )
+
+#: each user's recent deposits of an asset with anomaly detection on (``domain.anomaly``)
+anomaly_histories = Table(
+    "anomaly_histories",
+    metadata,
+    Column("user_id", ForeignKey("users.id"), primary_key=True),
+    Column("asset", String(40), primary_key=True),
+    #: ``UserHistory.to_json()``: bounded, the last 50 deposits
+    Column("history", JSON, nullable=False),
+    _ts("updated_at"),
+)
+
+#: each asset's recent first deposits, the yardstick for a new user's first one
+anomaly_first_deposits = Table(
+    "anomaly_first_deposits",
+    metadata,
+    Column("asset", String(40), primary_key=True),
+    #: ``FirstDeposits.to_json()``
+    Column("data", JSON, nullable=False),
+    _ts("updated_at"),
+)

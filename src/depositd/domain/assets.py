@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from depositd.domain.anomaly import AnomalyPolicy
 from depositd.errors import UnknownAsset
 
 #: the rolling window KYC deposit limits count credits over
@@ -43,6 +44,10 @@ class Asset:
     #: (KYC level, the most base units credited to one user within ``LIMIT_WINDOW`` or None
     #: for no limit); a user's level uses the highest level listed at or below it
     kyc_limits: tuple[tuple[int, int | None], ...] = field(default=())
+    #: anomaly detection's thresholds (None: off), and the amount a structuring run stays
+    #: under when it is not the user's KYC limit
+    anomaly: AnomalyPolicy | None = None
+    anomaly_threshold: int | None = None
 
     @property
     def fiat(self) -> bool:

@@ -140,6 +140,37 @@ _CATALOG: dict[str, dict[str, str]] = {
         "zh-CN": "待审核：该笔充值将超出当前认证等级 {level} 每 {hours} 小时 {limit} {symbol}"
         " 的充值限额。完成身份认证可提高限额。",
     },
+    "anomaly_amount": {
+        "en": "Held for review: {amount} {symbol} is {ratio} times this account's usual"
+        " deposit of {median} {symbol} (robust z-score {z}). It is credited once an operator"
+        " has checked it.",
+        "zh-CN": "待审核：{amount} {symbol} 是该账户常规充值金额 {median} {symbol} 的 {ratio} 倍"
+        "（稳健 z 分数 {z}）。工作人员核实后即入账。",
+    },
+    "anomaly_burst": {
+        "en": "Held for review: {count} deposits within {window_minutes} minutes, far more"
+        " than this account's usual {usual}. It is credited once an operator has checked it.",
+        "zh-CN": "待审核：{window_minutes} 分钟内共 {count} 笔充值，远多于该账户通常的 {usual}"
+        " 笔。工作人员核实后即入账。",
+    },
+    "anomaly_structuring": {
+        "en": "Held for review: {count} deposits within {window_hours} h each just under"
+        " {limit} {symbol}. It is credited once an operator has checked it.",
+        "zh-CN": "待审核：{window_hours} 小时内有 {count} 笔充值均略低于 {limit} {symbol}。"
+        "工作人员核实后即入账。",
+    },
+    "anomaly_first_large": {
+        "en": "Held for review: a first deposit of {amount} {symbol} is {ratio} times the usual"
+        " first deposit of {median} {symbol}. It is credited once an operator has checked it.",
+        "zh-CN": "待审核：首笔充值 {amount} {symbol} 是常见首笔充值金额 {median} {symbol} 的"
+        " {ratio} 倍。工作人员核实后即入账。",
+    },
+    "anomaly_first_over": {
+        "en": "Held for review: a first deposit of {amount} {symbol} is at or above"
+        " {absolute_limit} {symbol}, which is checked before it is credited.",
+        "zh-CN": "待审核：首笔充值 {amount} {symbol} 达到或超过 {absolute_limit} {symbol}，"
+        "需核实后入账。",
+    },
     "approved_by_reviewer": {
         "en": "Approved after review and credited.",
         "zh-CN": "审核通过，已入账。",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
 
@@ -13,12 +13,13 @@ from depositd.db.recording import OwnerKey, RecordingStore, find_owners, open_re
 from depositd.db.repositories import Owner
 from depositd.db.transient import RetryTransaction, retry_transient
 from depositd.domain import deposits as machine
-from depositd.domain.assets import LIMIT_WINDOW, AssetBook
+from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import ChainRef, DepositState, Observation, ToAddress, ToUser
 from depositd.domain.events import PendingEvent, deposit_event
 from depositd.domain.ledger import Entry, postings_for
 from depositd.errors import InputError, ObservationConflict, UnknownOwner
 from depositd.ids import new_id
+from depositd.services.screening import screen
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ async def _record(
 ) -> list[Recorded]:
     identities = [obs.ref.key for obs in observations]
     states = await store.lock(identities)
-    decide = await _decider(store, assets, observations, owners, now)
+    screened = await screen(store, assets, observations, owners, now)
+    decide = screened.decide
 
     # First sightings are inserted up front: a concurrent writer inserting the same identity
     # makes ours conflict, and we then lock its committed row and treat it as known.
@@ -190,6 +192,7 @@ async def _record(
         batch.states[key] = batch.dirty[key] = deposit
         changed_at.append(_note(batch, deposit, transition, assets))
 
+    await screened.save(store)
     await store.update(list(batch.dirty.values()))
     seqs = await store.post_and_append(batch.postings, batch.events, now)
     return [
@@ -202,43 +205,6 @@ async def _record(
         )
         for obs, event_index in zip(observations, changed_at, strict=True)
     ]
-
-
-Decide = Callable[[DepositState | None, Observation, Owner], machine.Transition | None]
-
-
-async def _decider(
-    store: RecordingStore,
-    assets: AssetBook,
-    observations: Sequence[Observation],
-    owners: Sequence[Owner],
-    now: datetime,
-) -> Decide:
-    """The state machine's decision, with a credit over its user's KYC limit made a hold.
-
-    Only assets with limits cost anything: their users' levels and credits in the window are
-    read (and the users locked) once per batch.
-    """
-    limited = {o.asset for o in observations if assets[o.asset].kyc_limits}
-    if not limited:
-        return lambda current, obs, _owner: machine.decide(current, obs, assets[obs.asset])
-    users = {owner.user_id for owner, o in zip(owners, observations, strict=True)
-             if o.asset in limited}  # fmt: skip
-    check = await store.limit_check(users, limited, now - LIMIT_WINDOW)
-
-    def decide(
-        current: DepositState | None, obs: Observation, owner: Owner
-    ) -> machine.Transition | None:
-        asset = assets[obs.asset]
-        transition = machine.decide(current, obs, asset)
-        if transition is None or transition.posting is not machine.Posting.CREDIT:
-            return transition
-        hold = check.hold(owner.user_id, asset, obs.amount)
-        return (
-            transition if hold is None else machine.decide(current, replace(obs, hold=hold), asset)
-        )
-
-    return decide
 
 
 def _note(
