@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from depositd import __version__
+from depositd import __version__, metrics
 from depositd.api import auth, callbacks, deliveries, endpoints, kyc, me, problems, ws
 from depositd.api.deps import AppContext
 from depositd.api.limits import BodySizeLimit
+from depositd.api.request_ids import RequestIds
 from depositd.api.routes import router
 from depositd.api.throttle import Throttle
 from depositd.config import Config
@@ -125,9 +127,41 @@ def create_app(
         if not current:
             return JSONResponse({"status": "unavailable", "error": "migrations pending"}, 503)
         watchers = background.watchers if background is not None else {}
-        return JSONResponse(
-            {"status": "ok", "watchers": {n: w.status.as_dict() for n, w in watchers.items()}}
-        )
+        statuses = {name: w.status.as_dict() for name, w in watchers.items()}
+        limit = config.server.ready_max_lag_blocks
+        behind = [
+            name
+            for name, w in watchers.items()
+            if not w.status.node_reachable or (w.status.lag_blocks or 0) > limit
+        ]
+        if behind:
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "error": f"watchers behind (over {limit} blocks) or their node is down: "
+                    + ", ".join(sorted(behind)),
+                    "watchers": statuses,
+                },
+                503,
+            )
+        return JSONResponse({"status": "ok", "watchers": statuses})
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        summary="Prometheus metrics (text exposition format)",
+    )
+    async def metrics_text() -> Response:
+        figures = await metrics.read_figures(database)
+        watchers = background.watchers if background is not None else {}
+        chains = [
+            metrics.ChainGauge(
+                name, w.status.head, w.status.cursor, w.status.lag_blocks, w.status.node_reachable
+            )
+            for name, w in watchers.items()
+        ]
+        return Response(metrics.exposition(figures, chains), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(router)
     app.include_router(ws.router)
@@ -138,8 +172,9 @@ def create_app(
     app.include_router(kyc.router)
 
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
-    # added last, so outermost of ours: it stores oversized callbacks before refusing them
+    # added late, so outside the rest: it stores oversized callbacks before refusing them
     app.add_middleware(callbacks.CallbackIngress, context=lambda: app.state.ctx)
+    app.add_middleware(RequestIds)
     describe_openapi = app.openapi
 
     def openapi_with_callbacks() -> dict[str, Any]:

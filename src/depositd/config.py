@@ -71,6 +71,9 @@ class ServerConfig(_Section):
     #: processes serving the API on one socket (PostgreSQL only); the first also runs the
     #: background workers
     processes: int = Field(1, ge=1, le=64)
+    #: /readyz answers 503 while a chain's watcher is more blocks than this behind its node
+    #: (or cannot reach it)
+    ready_max_lag_blocks: int = Field(100, ge=0, le=1_000_000)
     #: PEM certificate chain and private key: with both, ``depositd serve`` speaks HTTPS itself
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -23,6 +23,7 @@ from functools import partial
 
 import structlog
 
+from depositd import metrics
 from depositd.chain.claims import ChainEvidence, look_up_claim
 from depositd.chain.rpc import EvmRpc
 from depositd.clock import utcnow
@@ -186,8 +187,12 @@ async def receive_callback(
             reason=refusal.reason,
             source_ip=request.source_ip,
         )
+        named = received.provider if provider is not None else "unknown"
+        metrics.CALLBACKS.labels(named, "rejected").inc()
+        metrics.CALLBACK_REJECTIONS.labels(named, refusal.code).inc()
         raise CallbackRejected(refusal.status, refusal.code, refusal.reason, received.id) from None
     replay_of = await callbacks.store(ToStore(received, claim.event_id, claim.as_dict()))
+    metrics.CALLBACKS.labels(provider.name, "accepted" if replay_of is None else "replayed").inc()
     if replay_of is not None:
         log.info(
             "callback replayed",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
 
+from depositd import metrics
 from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.recording import OwnerKey, RecordingStore, find_owners, open_recording
@@ -87,6 +88,11 @@ async def record_observations(
                 await store.mark_callbacks(outcomes)
             await store.commit()
             _announce_commit(db, recorded)
+            metrics.count_recorded(
+                (r.deposit.status.value, r.deposit.reason.code)
+                for r in recorded
+                if r.changed and r.deposit is not None
+            )
             return recorded
 
     return await retry_transient(attempt)

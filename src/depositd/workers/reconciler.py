@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import structlog
 
+from depositd import metrics
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
@@ -29,6 +30,8 @@ async def reconcile_forever(db: Database, assets: AssetBook, config: Config) -> 
                 log.warning("reconciliation failed; trying again next tick",
                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             else:
+                metrics.RECONCILE_MISMATCHES.set(len(report.mismatches))
+                metrics.RECONCILE_RECOVERED.inc(len(report.recovered))
                 for found in report.recovered:
                     log.info("overdue deposit reconciled", provider=found.provider,
                              deposit=found.provider_deposit_id, before=found.before,

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 import aiohttp
 import structlog
 
+from depositd import metrics
 from depositd.clock import utcnow, wait_set
 from depositd.config import DeliveryConfig
 from depositd.db.engine import Database
@@ -60,6 +61,9 @@ from depositd.services.queries import Event
 
 log = structlog.get_logger("depositd.sender")
 
+#: metric labels of the delivery statuses an attempt leaves (pending: it will be retried)
+_OUTCOME_NAMES = {DELIVERED: "delivered", DEAD: "dead"}
+
 #: answers written down together, at most; and how long the first of them may wait
 _RECORD_BATCH = 200
 _RECORD_WAIT_SECONDS = 0.02
@@ -77,6 +81,8 @@ class _Job:
     secrets: tuple[str, ...]
     event_id: str
     body: bytes
+    #: when the event was appended (delivery latency counts from here)
+    event_created_at: datetime
 
 
 @dataclass
@@ -400,6 +406,11 @@ class Sender:
             if disabled:
                 await uow.events.append(disabled, now)
             await uow.commit()
+        for outcome, update in zip(done, updates, strict=True):
+            metrics.DELIVERIES.labels(_OUTCOME_NAMES.get(update.status, "retrying")).inc()
+            if update.status == DELIVERED:
+                delay = (update.finished_at or now) - outcome.job.event_created_at
+                metrics.DELIVERY_LATENCY.observe(max(0.0, delay.total_seconds()))
         for event in disabled:
             # TODO(issue 6): route through the alert sinks once they exist
             log.error("endpoint_disabled", **event.data)
@@ -478,6 +489,7 @@ def _job(row: Claimed, now: datetime) -> _Job:
         secrets=tuple(secrets),
         event_id=row.event_id,
         body=dump_json(envelope).encode(),
+        event_created_at=row.created_at,
     )
 
 

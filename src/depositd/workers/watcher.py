@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from depositd import metrics
 from depositd.chain.evm import Block, ChainMoved, ChainRange, ChainReader, NativeTx, Receipt
 from depositd.chain.rpc import EvmRpc, RpcError
 from depositd.chain.transfers import Transfer, find_transfers, native_candidates
@@ -468,6 +469,7 @@ class ChainWatcher:
             )
         depth = self._window[-1].number - fork
         self.status.reorgs += 1
+        metrics.REORGS.labels(self.status.chain).inc()
         self.status.deepest_reorg = max(self.status.deepest_reorg, depth)
         log.warning("reorg", chain=self.chain, fork_point=fork, depth=depth)
         return fork
