@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -153,7 +154,8 @@ def create_app(
         summary="Prometheus metrics (text exposition format)",
     )
     async def metrics_text() -> Response:
-        figures = await metrics.read_figures(database)
+        stuck_after = timedelta(minutes=config.alerts.stuck_minutes)
+        figures = await metrics.read_figures(database, stuck_after)
         watchers = background.watchers if background is not None else {}
         chains = [
             metrics.ChainGauge(

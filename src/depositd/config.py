@@ -382,6 +382,33 @@ class ReconcileConfig(_Section):
     window_days: float = Field(7.0, gt=0, le=366)
 
 
+class AlertsConfig(_Section):
+    """Alerts evaluated in the service; each fires once per incident and resolves."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(15.0, gt=0, le=3600)
+    #: a Slack-compatible incoming webhook (``{"text": …}``), reached through the same
+    #: SSRF-guarded client as webhooks (``[delivery]`` allow_http / allow_networks apply)
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    #: the window the rates below are measured over
+    window_minutes: float = Field(5.0, gt=0, le=24 * 60)
+    #: webhook deliveries: share of failed attempts to one endpoint, with at least so many
+    delivery_failure_rate: float = Field(0.5, gt=0, le=1)
+    delivery_min_attempts: int = Field(10, ge=1)
+    #: inbound callbacks: share of one provider's callbacks rejected, with at least so many
+    callback_rejection_rate: float = Field(0.2, gt=0, le=1)
+    callback_min_count: int = Field(10, ge=1)
+    #: dead deliveries this recent keep their endpoint's dead-letter alert open
+    dead_letter_hours: float = Field(24.0, gt=0, le=24 * 30)
+    #: a watcher further behind than this, or unable to reach its node for this long
+    watcher_max_lag_blocks: int = Field(50, ge=0)
+    node_down_seconds: float = Field(60.0, ge=0, le=86_400)
+    #: deposits pending or confirming without a change for this long are stuck
+    stuck_minutes: float = Field(30.0, gt=0, le=30 * 24 * 60)
+    #: a reversal after a reorg keeps its alert open this long
+    reversal_minutes: float = Field(60.0, gt=0, le=30 * 24 * 60)
+
+
 class EndUsersConfig(_Section):
     """End users' own accounts: registration, email verification, login sessions, KYC."""
 
@@ -448,6 +475,7 @@ class Config(_Section):
     reconcile: ReconcileConfig = ReconcileConfig()
     end_users: EndUsersConfig = EndUsersConfig()
     email: EmailConfig = EmailConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     def database_url(self) -> str:
         if self.database.url_file is not None:

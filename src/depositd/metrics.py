@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,7 +23,8 @@ from sqlalchemy import func, select
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
-from depositd.db.tables import deliveries, deposits
+from depositd.db.repositories import ENDPOINT_DELETED
+from depositd.db.tables import deliveries, deposits, endpoints
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -99,11 +100,31 @@ class DatabaseFigures:
     deposits_by_status: dict[str, int] = field(default_factory=dict)
     outbox_depth: int = 0
     outbox_oldest_age_seconds: float = 0.0
+    endpoints_disabled: int = 0
+    deliveries_dead: int = 0
+    deposits_stuck: int = 0
 
 
-async def read_figures(db: Database, now: datetime | None = None) -> DatabaseFigures:
+async def read_figures(
+    db: Database, stuck_after: timedelta, now: datetime | None = None
+) -> DatabaseFigures:
+    """``stuck_after``: deposits pending or confirming with no change for this long count
+    as stuck."""
     now = now or utcnow()
+    live = endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED)
     async with db.reader.connect() as conn:
+        disabled = await conn.scalar(
+            select(func.count()).where(endpoints.c.disabled_at.is_not(None), live)
+        )
+        dead = await conn.scalar(
+            select(func.count()).select_from(deliveries).where(deliveries.c.status == "dead")
+        )
+        stuck = await conn.scalar(
+            select(func.count()).where(
+                deposits.c.status.in_(("pending", "confirming")),
+                deposits.c.updated_at < now - stuck_after,
+            )
+        )
         by_status = await conn.execute(
             select(deposits.c.status, func.count()).group_by(deposits.c.status)
         )
@@ -119,6 +140,9 @@ async def read_figures(db: Database, now: datetime | None = None) -> DatabaseFig
         deposits_by_status={status: count for status, count in by_status},
         outbox_depth=int(pending[0]),
         outbox_oldest_age_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        endpoints_disabled=int(disabled or 0),
+        deliveries_dead=int(dead or 0),
+        deposits_stuck=int(stuck or 0),
     )
 
 
@@ -143,6 +167,14 @@ class _Snapshot(Collector):
             "Age of the oldest delivery waiting to go out",
             value=self.figures.outbox_oldest_age_seconds,
         )
+        for name, help_text, count in (
+            ("endpoints_disabled", "Webhook endpoints disabled", self.figures.endpoints_disabled),
+            ("deliveries_dead", "Deliveries that gave up (dead letters)",
+             self.figures.deliveries_dead),
+            ("deposits_stuck", "Deposits pending or confirming with no change for too long",
+             self.figures.deposits_stuck),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(f"depositd_{name}", help_text, value=count)
         gauges = {
             "head": GaugeMetricFamily("depositd_chain_head", "The node's head", labels=["chain"]),
             "cursor": GaugeMetricFamily(

@@ -512,3 +512,31 @@ anomaly_first_deposits = Table(
     Column("data", JSON, nullable=False),
     _ts("updated_at"),
 )
+
+#: operational alerts: one row per incident, open while its condition holds
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    #: the rule and what it is about (``endpoint_disabled:ep_…``): one open incident per key
+    Column("key", String(300), nullable=False),
+    Column("name", String(60), nullable=False),
+    Column("subject", String(200), nullable=False),
+    #: the merchant it concerns, if one does
+    Column("merchant_id", String(40), nullable=True),
+    Column("summary", String(500), nullable=False),
+    Column("details", JSON, nullable=False),
+    _ts("fired_at"),
+    _ts("resolved_at", nullable=True),
+    #: when the sinks were told (None: not yet, or they failed: told again next round)
+    _ts("fire_notified_at", nullable=True),
+    _ts("resolve_notified_at", nullable=True),
+    Index(
+        "uq_alerts_open_key",
+        "key",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+        sqlite_where=text("resolved_at IS NULL"),
+    ),
+    Index(None, "fired_at"),
+)

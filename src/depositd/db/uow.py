@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from depositd.db.alerts import AlertRepository
 from depositd.db.callbacks import CallbackRepository
 from depositd.db.end_users import EndUserRepository, KycRepository
 from depositd.db.engine import Database
@@ -55,6 +56,7 @@ class UnitOfWork:
         self.callbacks = CallbackRepository(conn)
         self.end_users = EndUserRepository(conn)
         self.kyc = KycRepository(conn)
+        self.alerts = AlertRepository(conn)
         return self
 
     async def commit(self) -> None:

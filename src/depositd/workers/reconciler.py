@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import structlog
@@ -11,15 +12,21 @@ from depositd import metrics
 from depositd.config import Config
 from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
-from depositd.services.reconcile import reconcile
+from depositd.services.reconcile import ReconcileReport, reconcile
 from depositd.workers.orders import DATABASE_TROUBLE
 
 log = structlog.get_logger("depositd.reconcile")
 
 
-async def reconcile_forever(db: Database, assets: AssetBook, config: Config) -> None:
+async def reconcile_forever(
+    db: Database,
+    assets: AssetBook,
+    config: Config,
+    on_report: Callable[[ReconcileReport], None] = lambda _report: None,
+) -> None:
     """Reconcile every ``reconcile.interval_seconds`` until cancelled; a failed run is logged
-    and tried again at the next tick (recording is idempotent)."""
+    and tried again at the next tick (recording is idempotent). Each report is handed to
+    ``on_report`` (the alert rules read its mismatches)."""
     interval = config.reconcile.interval_seconds
     log.info("reconciler started", interval_seconds=interval)
     try:
@@ -30,6 +37,7 @@ async def reconcile_forever(db: Database, assets: AssetBook, config: Config) -> 
                 log.warning("reconciliation failed; trying again next tick",
                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             else:
+                on_report(report)
                 metrics.RECONCILE_MISMATCHES.set(len(report.mismatches))
                 metrics.RECONCILE_RECOVERED.inc(len(report.recovered))
                 for found in report.recovered:

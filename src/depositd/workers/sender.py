@@ -412,7 +412,7 @@ class Sender:
                 delay = (update.finished_at or now) - outcome.job.event_created_at
                 metrics.DELIVERY_LATENCY.observe(max(0.0, delay.total_seconds()))
         for event in disabled:
-            # TODO(issue 6): route through the alert sinks once they exist
+            # the endpoint_disabled alert (services.alerts) follows from the stored state
             log.error("endpoint_disabled", **event.data)
 
     async def _judge_endpoints(

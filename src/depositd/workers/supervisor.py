@@ -13,8 +13,11 @@ from depositd.db.engine import Database
 from depositd.db.notify import wake_on_events
 from depositd.delivery.poster import HttpPoster
 from depositd.domain.assets import AssetBook
+from depositd.services.alerts import OpsState
 from depositd.services.observations import on_events_committed
+from depositd.services.reconcile import ReconcileReport
 from depositd.workers import ROLES
+from depositd.workers.alerts import alerts_forever
 from depositd.workers.backoff import Backoff
 from depositd.workers.callbacks import sweep_callbacks_forever
 from depositd.workers.orders import expire_orders_forever
@@ -84,6 +87,8 @@ class Workers:
         self._assets = assets
         self._config = config
         self._supervisor = Supervisor()
+        #: what the reconciler found last, for the alert rules
+        self.ops = OpsState()
 
     def start(self) -> None:
         for name, watcher in self.watchers.items():
@@ -96,13 +101,28 @@ class Workers:
             )
         if "reconciler" in self.roles:
             self._supervisor.start(
-                "reconciler", lambda: reconcile_forever(self._db, self._assets, self._config)
+                "reconciler",
+                lambda: reconcile_forever(self._db, self._assets, self._config, self._reconciled),
             )
         if "callbacks" in self.roles:
             self._supervisor.start(
                 "callbacks",
                 lambda: sweep_callbacks_forever(self._db, self._assets, self._config),
             )
+
+        if "alerts" in self.roles and self._config.alerts.enabled:
+            self._supervisor.start(
+                "alerts",
+                lambda: alerts_forever(
+                    self._db,
+                    self._config,
+                    self.ops,
+                    lambda: [w.status for w in self.watchers.values()],
+                ),
+            )
+
+    def _reconciled(self, report: ReconcileReport) -> None:
+        self.ops.mismatches = report.mismatches
 
     async def _send(self) -> None:
         # made here, in the running loop its HTTP session belongs to; a fresh one per restart
