@@ -130,10 +130,11 @@ def create_app(
         watchers = background.watchers if background is not None else {}
         statuses = {name: w.status.as_dict() for name, w in watchers.items()}
         limit = config.server.ready_max_lag_blocks
-        behind = [
+        behind = [  # a standby (another process leads its chain) is not behind
             name
             for name, w in watchers.items()
-            if not w.status.node_reachable or (w.status.lag_blocks or 0) > limit
+            if w.status.leading
+            and (not w.status.node_reachable or (w.status.lag_blocks or 0) > limit)
         ]
         if behind:
             return JSONResponse(
@@ -156,12 +157,10 @@ def create_app(
     async def metrics_text() -> Response:
         stuck_after = timedelta(minutes=config.alerts.stuck_minutes)
         figures = await metrics.read_figures(database, stuck_after)
-        watchers = background.watchers if background is not None else {}
+        leading = background.leading() if background is not None else []
         chains = [
-            metrics.ChainGauge(
-                name, w.status.head, w.status.cursor, w.status.lag_blocks, w.status.node_reachable
-            )
-            for name, w in watchers.items()
+            metrics.ChainGauge(s.chain, s.head, s.cursor, s.lag_blocks, s.node_reachable)
+            for s in leading
         ]
         return Response(metrics.exposition(figures, chains), media_type=CONTENT_TYPE_LATEST)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Collection
+from functools import partial
 
 import structlog
 
@@ -20,10 +21,11 @@ from depositd.workers import ROLES
 from depositd.workers.alerts import alerts_forever
 from depositd.workers.backoff import Backoff
 from depositd.workers.callbacks import sweep_callbacks_forever
+from depositd.workers.leadership import while_leading
 from depositd.workers.orders import expire_orders_forever
 from depositd.workers.reconciler import reconcile_forever
 from depositd.workers.sender import Sender
-from depositd.workers.watcher import ChainWatcher
+from depositd.workers.watcher import ChainWatcher, WatcherStatus
 
 log = structlog.get_logger("depositd.workers")
 
@@ -91,8 +93,18 @@ class Workers:
         self.ops = OpsState()
 
     def start(self) -> None:
+        # one of each of these runs per deployment: the leader of its role (leadership)
         for name, watcher in self.watchers.items():
-            self._supervisor.start(f"watcher:{name}", watcher.run)
+            self._supervisor.start(
+                f"watcher:{name}",
+                partial(
+                    while_leading,
+                    self._db,
+                    f"watcher:{name}",
+                    watcher.run,
+                    on_change=watcher.status.set_leading,
+                ),
+            )
         if "sender" in self.roles:
             self._supervisor.start("sender", self._send)
         if "order-expiry" in self.roles:
@@ -102,7 +114,14 @@ class Workers:
         if "reconciler" in self.roles:
             self._supervisor.start(
                 "reconciler",
-                lambda: reconcile_forever(self._db, self._assets, self._config, self._reconciled),
+                partial(
+                    while_leading,
+                    self._db,
+                    "reconciler",
+                    lambda: reconcile_forever(
+                        self._db, self._assets, self._config, self._reconciled
+                    ),
+                ),
             )
         if "callbacks" in self.roles:
             self._supervisor.start(
@@ -113,13 +132,17 @@ class Workers:
         if "alerts" in self.roles and self._config.alerts.enabled:
             self._supervisor.start(
                 "alerts",
-                lambda: alerts_forever(
+                partial(
+                    while_leading,
                     self._db,
-                    self._config,
-                    self.ops,
-                    lambda: [w.status for w in self.watchers.values()],
+                    "alerts",
+                    lambda: alerts_forever(self._db, self._config, self.ops, self.leading),
                 ),
             )
+
+    def leading(self) -> list[WatcherStatus]:
+        """The statuses of this process's watchers that lead their chain."""
+        return [w.status for w in self.watchers.values() if w.status.leading]
 
     def _reconciled(self, report: ReconcileReport) -> None:
         self.ops.mismatches = report.mismatches

@@ -88,6 +88,11 @@ class WatcherStatus:
     reorgs: int = 0
     deepest_reorg: int = 0
     watched_addresses: int = 0
+    #: False while another process's watcher of this chain leads and this one stands by
+    leading: bool = True
+
+    def set_leading(self, leading: bool) -> None:
+        self.leading = leading
 
     @property
     def lag_blocks(self) -> int | None:
@@ -108,6 +113,7 @@ class WatcherStatus:
             "reorgs": self.reorgs,
             "deepest_reorg": self.deepest_reorg,
             "watched_addresses": self.watched_addresses,
+            "leading": self.leading,
         }
 
 
