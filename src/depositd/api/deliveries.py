@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from depositd.api.deps import Context, MerchantId
 from depositd.api.routes import Cursor, Limit
-from depositd.api.schemas import problem_responses
+from depositd.api.schemas import Timestamp, problem_responses
 from depositd.services import deliveries
 from depositd.services.deliveries import (
     DEFAULT_REPLAY_RATE,
@@ -87,10 +87,10 @@ class ReplayIn(BaseModel):
     after_seq: int | None = Field(
         None, ge=0, lt=2**63, description="re-send the events after this seq"
     )
-    from_: AwareDatetime | None = Field(
+    from_: Timestamp | None = Field(
         None, alias="from", description="re-send the events created from this time ..."
     )
-    to: AwareDatetime | None = Field(None, description="... until (not including) this time")
+    to: Timestamp | None = Field(None, description="... until (not including) this time")
     rate_per_second: float = Field(
         DEFAULT_REPLAY_RATE,
         ge=MIN_REPLAY_RATE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -126,7 +127,30 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     slugs = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
     slug = slugs.get(exc.status_code, f"http-{exc.status_code}")
     headers = dict(exc.headers or {})  # e.g. Allow on 405
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route matching the path; a path
+        # served by several routes (GET and POST /v1/endpoints) takes all of them
+        allowed = _methods_for(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
     return Problem(exc.status_code, slug, str(exc.detail), headers=headers).response(request)
+
+
+def _methods_for(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path."""
+    table = _path_table(request.app)
+    return next((methods for pattern, methods in table if pattern.fullmatch(request.url.path)), [])
+
+
+def _path_table(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    cached: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "path_table", None)
+    if cached is None:
+        cached = []
+        for path, operations in app.openapi()["paths"].items():
+            pattern = re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path))
+            cached.append((re.compile(pattern), sorted(method.upper() for method in operations)))
+        app.state.path_table = cached
+    return cached
 
 
 def _problem(request: Request, exc: Exception) -> JSONResponse:

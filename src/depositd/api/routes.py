@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
-from pydantic import AwareDatetime
 
 from depositd.api.deps import AppContext, Context, Language, MerchantId
 from depositd.api.schemas import (
@@ -24,6 +23,7 @@ from depositd.api.schemas import (
     OrderIn,
     OrderOut,
     OrderTerms,
+    Timestamp,
     TransactionOut,
     TransactionPage,
     Transition,
@@ -139,8 +139,8 @@ async def list_deposits(
     status_: Annotated[DepositStatus | None, Query(alias="status")] = None,
     user: Annotated[str | None, Query(pattern=EXTERNAL_ID, description="external_id")] = None,
     asset: Annotated[str | None, Query(max_length=40)] = None,
-    created_from: Annotated[AwareDatetime | None, Query(description="with a UTC offset")] = None,
-    created_to: Annotated[AwareDatetime | None, Query(description="with a UTC offset")] = None,
+    created_from: Annotated[Timestamp | None, Query(description="with a UTC offset")] = None,
+    created_to: Annotated[Timestamp | None, Query(description="with a UTC offset")] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> DepositPage:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from eth_utils.address import to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from depositd.domain.assets import Asset
 from depositd.domain.deposits import DepositState, DepositStatus, ProviderStatus
@@ -24,6 +25,17 @@ from depositd.services.orders import OrderDetail
 from depositd.services.users import User
 
 EXTERNAL_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+def _iso_8601(value: Any) -> Any:
+    """Only an RFC 3339 date-time, as documented: not a number read as a Unix time."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", value):
+        raise ValueError("use an RFC 3339 date-time with a UTC offset, e.g. 2026-11-29T08:00:00Z")
+    return value
+
+
+#: an aware date-time given as RFC 3339 text (pydantic would also take 1732867200 or "0.5")
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 
 
 class _In(BaseModel):
