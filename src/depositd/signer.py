@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from depositd.errors import ConfigError
+from depositd.sealing import read_key_file
 
 #: shortest key accepted, in characters
 MIN_KEY_CHARS = 32
@@ -35,11 +36,7 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path, source: str) -> Signer:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read {path} ({exc.strerror})") from None
-        return cls.from_text(text, source)
+        return cls.from_text(read_key_file(path, source), source)
 
     @staticmethod
     def new_key_text() -> str:
@@ -52,3 +49,8 @@ class Signer:
 
     def verify(self, purpose: str, value: str, signature: str) -> bool:
         return hmac.compare_digest(self.sign(purpose, value), signature)
+
+    @staticmethod
+    def same(given: str, expected: str) -> bool:
+        """Compare a value someone sent with the one expected, in constant time."""
+        return hmac.compare_digest(given.encode(), expected.encode())
