@@ -4,6 +4,8 @@ BIN     := $(VENV)/bin
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 ANVIL   := node_modules/.bin/anvil
+CHROMIUM := /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test check lint fmt install postgres bench
 
@@ -20,12 +22,18 @@ $(ANVIL): package.json package-lock.json
 
 install: $(STAMP) $(ANVIL)
 
+# headless Chromium for the browser tests (tests/browser): Debian's, driven by Playwright,
+# which downloads no browser of its own; a CJK font so zh-CN screenshots read
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei
+
 ## run depositd on embedded defaults (SQLite under ./var/, demo merchant, example requests)
 dev: install
 	$(BIN)/depositd dev
 
 ## install what is missing, start PostgreSQL if needed, lint, type-check, run every test
-test: install postgres lint
+test: install $(CHROMIUM) postgres lint
 	$(BIN)/pytest
 
 ## lint, type-check and test (PostgreSQL must be running)

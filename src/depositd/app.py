@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
@@ -21,14 +22,18 @@ from depositd.api.request_ids import RequestIds
 from depositd.api.routes import router
 from depositd.api.throttle import Throttle
 from depositd.config import Config
+from depositd.dashboard import auth as dashboard_auth
+from depositd.dashboard import pages, status_page
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current
 from depositd.delivery.hub import EventHub
 from depositd.providers.payments import PaymentGateways
+from depositd.services.alert_source import StoredAlerts
 from depositd.services.callbacks import CallbackLog, ClaimVerifier, providers_from
 from depositd.services.end_users import EndUsers
 from depositd.services.group_commit import Recorder
 from depositd.services.kyc import Kyc
+from depositd.services.status_links import StatusLinks
 from depositd.workers.supervisor import Workers
 
 
@@ -51,6 +56,7 @@ def create_app(
     background = Workers(config, database, assets) if workers else None
     verifier = ClaimVerifier(config, assets)
     payments = PaymentGateways.from_config(config)
+    signer = config.dashboard.signer()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -99,12 +105,18 @@ def create_app(
         max_body_bytes=config.server.max_body_bytes,
         verifier=verifier,
         payments=payments,
+        status_links=None
+        if signer is None
+        else StatusLinks(signer, config.dashboard.public_url or ""),
+        alerts=StoredAlerts(database),
     )
     #: follows the committed event log for this process's WebSocket streams (``api.ws``)
     app.state.event_hub = EventHub(database)
     problems.install(app)
     auth.install(app)
     me.install(app)
+    dashboard_auth.install(app, config.dashboard.session_hours)
+    app.state.reconcile_window_days = config.reconcile.window_days
 
     # routes are matched in the order they are added: health checks first, each included
     # router is a step for every request after it (provider callbacks are served before
@@ -171,6 +183,14 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(me.router)
     app.include_router(kyc.router)
+    app.include_router(dashboard_auth.router)
+    app.include_router(pages.router)
+    app.include_router(status_page.router)
+    app.mount(
+        "/dashboard/static",
+        StaticFiles(packages=[("depositd.dashboard", "static")]),
+        name="dashboard-static",
+    )
 
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
     # added late, so outside the rest: it stores oversized callbacks before refusing them

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import getpass
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,7 +31,8 @@ from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
 from depositd.sealing import Sealer
-from depositd.services import addresses, merchants
+from depositd.services import addresses, merchants, operators
+from depositd.signer import Signer
 from depositd.workers import ROLES
 
 if TYPE_CHECKING:
@@ -46,6 +49,10 @@ DEV_XPUB = (
     "xpub6DyUKdwoLWmUJ4Tn9Bbsdtx7B5Ws18mEN19e5HT52ikE53FiUheSQXrZUNPovqfyKmw4579A1Mm3GXXKM39N64"
     "uooBfJ4tNAzFsEbodRTx4"
 )
+
+
+#: the demo merchant's dashboard operator that ``depositd dev`` makes
+DEV_OPERATOR = "operator@demo.example"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("key_id", help="the key's id, as printed by 'api-keys create'")
 
+    operator_cmd = commands.add_parser("operators", help="people who sign in to the dashboard")
+    operator_verbs = operator_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add_operator = operator_verbs.add_parser(
+        "add",
+        help="add a dashboard operator for a merchant",
+        description="Add an operator who signs in to /dashboard with this email and sees only"
+        " this merchant's data. The password is read from standard input (one line) or, at a"
+        " terminal, asked for twice.",
+    )
+    add_operator.add_argument("--merchant", required=True, metavar="ID", help="merchant id")
+    add_operator.add_argument("--email", required=True, help="the operator's email address")
+
     delivery_cmd = commands.add_parser(
         "deliveries", help="list webhook deliveries and retry one (every merchant's)"
     )
@@ -236,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev" and args.verb == "simulate":
             return asyncio.run(_simulate(config, args))
         if args.command == "dev":
-            return _serve(_with_dev_kyc_key(config), args, dev=True)
+            return _serve(_with_dev_keys(config), args, dev=True)
         if args.command == "serve":
             return _serve(config, args, dev=False)
         if args.command == "worker":
@@ -291,6 +310,10 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             await _require_schema(db)
             key = await merchants.create_api_key(db, args.merchant, args.label)
             print(f"id:  {key.id}\nkey: {key.secret}\n(the key is shown only now)")
+        elif args.command == "operators":
+            await _require_schema(db)
+            operator = await operators.add_operator(db, args.merchant, args.email, _read_password())
+            print(f"operator {operator.id} ({operator.email}) of {operator.merchant_id}")
         elif args.command == "deliveries" and args.verb == "list":
             await _require_schema(db)
             await _list_deliveries(db, args)
@@ -450,16 +473,38 @@ async def _require_schema(db: Database) -> None:
         )
 
 
-def _with_dev_kyc_key(config: Config, path: Path = Path("var/kyc.key")) -> Config:
-    """In dev, KYC works out of the box: a key made once under ./var/ (unless one is set)."""
-    settings = config.end_users
-    if settings.kyc_key is not None or settings.kyc_key_file is not None:
+def _read_password() -> str:
+    """A password from standard input: asked for twice at a terminal, else its first line."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise DepositdError("the passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _with_dev_keys(config: Config) -> Config:
+    """In dev, KYC and the dashboard work out of the box: keys made once under ./var/
+    (unless they are set)."""
+    config = _with_dev_key(config, "end_users", "kyc", Path("var/kyc.key"), Sealer.new_key_text)
+    return _with_dev_key(
+        config, "dashboard", "secret", Path("var/dashboard.key"), Signer.new_key_text
+    )
+
+
+def _with_dev_key(
+    config: Config, section: str, key: str, path: Path, new_key_text: Callable[[], str]
+) -> Config:
+    """``config`` with ``[section] {key}_key_file = path``, the file made if it is missing,
+    unless ``{key}_key`` or ``{key}_key_file`` is set already."""
+    settings = getattr(config, section)
+    if getattr(settings, f"{key}_key") is not None or getattr(settings, f"{key}_key_file"):
         return config
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(Sealer.new_key_text() + "\n")
-    update = {"end_users": settings.model_copy(update={"kyc_key_file": path})}
+        path.write_text(new_key_text() + "\n")
+    update = {section: settings.model_copy(update={f"{key}_key_file": path})}
     return config.model_copy(update=update)
 
 
@@ -489,6 +534,10 @@ async def _prepare_dev(
         await upgrade(db)
         merchant_id = await devchain.demo_merchant(db)
         key = await merchants.create_api_key(db, merchant_id, "make dev")
+        operator_password = secrets.token_urlsafe(12)
+        await operators.add_operator(
+            db, merchant_id, DEV_OPERATOR, operator_password, reset_password=True
+        )
     except BaseException:
         if node is not None:
             node.terminate()
@@ -505,6 +554,10 @@ demo tokens: {", ".join(f"{t.code} at {t.contract}" for t in tokens) or "none"}
 demo merchant {merchant_id}, API key (new on every start):
 
     {key.secret}
+
+dashboard: {base_url}/dashboard  operator {DEV_OPERATOR}, password (new on every start):
+
+    {operator_password}
 
 Try, in another terminal:
   depositd dev simulate          # sends 0.5 ETH and 25 USDT to alice, follows them to credited

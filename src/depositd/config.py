@@ -24,6 +24,7 @@ from depositd.errors import ConfigError, InvalidAmount
 from depositd.mail import EmailSender, OutboxSender, SmtpSender
 from depositd.providers.schemes import SchemeSettings, SignatureScheme
 from depositd.sealing import Sealer
+from depositd.signer import Signer
 
 ENV_PREFIX = "DEPOSITD_"
 
@@ -434,6 +435,28 @@ class EndUsersConfig(_Section):
         return None
 
 
+class DashboardConfig(_Section):
+    """The operators' dashboard and end users' order status pages."""
+
+    #: signs dashboard session cookies and status page links (at least 32 random
+    #: characters): from the environment (``DEPOSITD_DASHBOARD__SECRET_KEY``) or a file;
+    #: without one the dashboard and the status pages are off
+    secret_key: str | None = None
+    secret_key_file: Path | None = None
+    #: how long an operator stays logged in
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    #: where users reach this service, e.g. ``https://pay.example.com``: makes orders'
+    #: ``status_url`` absolute (else it is a path on the API's own address)
+    public_url: str | None = Field(None, pattern=r"^https?://[^/]+(/.*)?$")
+
+    def signer(self) -> Signer | None:
+        if self.secret_key_file is not None:
+            return Signer.from_file(self.secret_key_file, "dashboard.secret_key_file")
+        if self.secret_key is not None:
+            return Signer.from_text(self.secret_key, "dashboard.secret_key")
+        return None
+
+
 class EmailConfig(_Section):
     """How email reaches end users: ``outbox`` writes .eml files (dev), ``smtp`` sends them."""
 
@@ -476,6 +499,7 @@ class Config(_Section):
     end_users: EndUsersConfig = EndUsersConfig()
     email: EmailConfig = EmailConfig()
     alerts: AlertsConfig = AlertsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     def database_url(self) -> str:
         if self.database.url_file is not None:
@@ -578,6 +602,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     book = config.asset_book()  # amounts, chains and files are checked now, not on first use
     config.server.check_tls()
     config.end_users.sealer()  # a key that is set must be usable
+    config.dashboard.signer()
     config.email.email_sender()
     for name, provider in config.providers.items():
         if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
@@ -629,6 +654,7 @@ def _refuse_secrets_in_file(raw: Mapping[str, Any], source: str) -> None:
     for section, key, variable in (
         ("end_users", "kyc_key", "END_USERS__KYC_KEY"),
         ("email", "smtp_password", "EMAIL__SMTP_PASSWORD"),
+        ("dashboard", "secret_key", "DASHBOARD__SECRET_KEY"),
     ):
         table = raw.get(section)
         if isinstance(table, dict) and table.get(key):

@@ -20,6 +20,14 @@ from depositd.errors import ConfigError, DepositdError
 _NONCE_BYTES = 12
 
 
+def read_key_file(path: Path, source: str) -> str:
+    """A key file's text; ``ConfigError`` naming the setting (``source``) if it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {path} ({exc.strerror})") from None
+
+
 class Unsealable(DepositdError):
     """A sealed value does not open with this key and context: a wrong key, or tampering."""
 
@@ -40,11 +48,7 @@ class Sealer:
 
     @classmethod
     def from_file(cls, path: Path, source: str) -> Sealer:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read {path} ({exc.strerror})") from None
-        return cls.from_text(text, source)
+        return cls.from_text(read_key_file(path, source), source)
 
     @staticmethod
     def new_key_text() -> str:

@@ -116,3 +116,35 @@ def test_set_xpub_refuses_a_private_key(db: Database, tmp_path: Path) -> None:
     assert refused.stderr.startswith("depositd: that is an extended private key")
     good = depositd("merchants", "set-xpub", merchant_id, DEV_XPUB, cwd=tmp_path, env=env)
     assert (good.returncode, good.stdout.strip()) == (0, f"xpub set for {merchant_id}")
+
+
+async def test_operators_add_reads_the_password_from_stdin(db: Database, tmp_path: Path) -> None:
+    from depositd.services import merchants, operators
+
+    env = {"DEPOSITD_DATABASE__URL": db.url.render_as_string(hide_password=False)}
+    merchant = await merchants.create_merchant(db, "acme")
+
+    def add(email: str, password: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITD_")}
+        return subprocess.run(  # noqa: S603 - our own command with fixed arguments
+            [sys.executable, "-m", "depositd.cli", "operators", "add",
+             "--merchant", merchant.id, "--email", email],
+            cwd=tmp_path, env={**environ, **env}, input=password + "\n",
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    added = add("Ops@Acme.example", "a long operator passphrase")
+    assert added.returncode == 0, added.stderr
+    assert "ops@acme.example" in added.stdout
+    assert "passphrase" not in added.stdout + added.stderr
+    session = await operators.login(db, "ops@acme.example", "a long operator passphrase")
+    assert session.operator.merchant_id == merchant.id
+
+    taken = add("ops@acme.example", "another long passphrase")
+    assert (taken.returncode, taken.stderr.strip()) == (
+        1,
+        "depositd: ops@acme.example is already an operator",
+    )
+    weak = add("new@acme.example", "short")
+    assert weak.returncode == 1
+    assert "at least 10 characters" in weak.stderr

@@ -16,6 +16,7 @@ from depositd.db.engine import Database
 from depositd.domain.assets import AssetBook
 from depositd.domain.messages import LANGUAGES, negotiate_language
 from depositd.providers.payments import PaymentGateways
+from depositd.services.alert_source import AlertSource, NoAlerts
 from depositd.services.callbacks import (
     CallbackLog,
     ClaimVerifier,
@@ -27,6 +28,7 @@ from depositd.services.end_users import EndUsers
 from depositd.services.group_commit import Recorder
 from depositd.services.kyc import Kyc
 from depositd.services.merchants import authenticate
+from depositd.services.status_links import StatusLinks
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class AppContext:
     verifier: ClaimVerifier | None = None
     #: payment providers that start card and bank transfer payments
     payments: PaymentGateways = field(default_factory=lambda: PaymentGateways({}))
+    #: signs dashboard sessions and order status page links; None: both are off
+    status_links: StatusLinks | None = None
+    #: the alerts the dashboard shows as active
+    alerts: AlertSource = field(default_factory=NoAlerts)
 
 
 async def context(request: Request) -> AppContext:

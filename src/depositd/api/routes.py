@@ -369,7 +369,7 @@ async def new_order(
         method=body.method,
         gateways=ctx.payments,
     )
-    return OrderOut.of(detail, asset, language)
+    return OrderOut.of(detail, asset, language, status_url_of(ctx, detail.order.id))
 
 
 @router.get(
@@ -396,7 +396,14 @@ async def order_of(
     detail = await orders.get_order(ctx.db, ctx.chain_ids, ctx.assets, merchant_id, order_id)
     if external_id is not None and detail.order.user_external_id != external_id:
         raise NotFound(f"no deposit order {order_id}")
-    return OrderOut.of(detail, ctx.assets[detail.order.asset], language)
+    return OrderOut.of(
+        detail, ctx.assets[detail.order.asset], language, status_url_of(ctx, order_id)
+    )
+
+
+def status_url_of(ctx: AppContext, order_id: str) -> str | None:
+    """The order's status page link, when the dashboard has a key to sign it with."""
+    return None if ctx.status_links is None else ctx.status_links.url(order_id)
 
 
 @router.get(

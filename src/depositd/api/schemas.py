@@ -293,6 +293,9 @@ class OrderDepositOut(BaseModel):
     #: why it is where it is, in the reader's language (for a failed payment: what to do)
     hint: str
     created_at: datetime
+    #: on-chain deposits: confirmations so far and how many it needs (0 and 0 otherwise)
+    confirmations: int = 0
+    required_confirmations: int = 0
 
 
 class OrderProgressOut(BaseModel):
@@ -342,9 +345,14 @@ class OrderOut(BaseModel):
     expired_at: datetime | None
     created_at: datetime
     progress: OrderProgressOut
+    #: the user's page for this order (address, QR code, live progress); None when the
+    #: dashboard has no key (``dashboard.secret_key``)
+    status_url: str | None = None
 
     @classmethod
-    def of(cls, detail: OrderDetail, asset: Asset, language: str) -> OrderOut:
+    def of(
+        cls, detail: OrderDetail, asset: Asset, language: str, status_url: str | None = None
+    ) -> OrderOut:
         order, progress = detail.order, detail.progress
         payment = order.payment
         failed = [p for p in progress.deposits if p.deposit.status is DepositStatus.FAILED]
@@ -393,10 +401,13 @@ class OrderOut(BaseModel):
                         late=p.late,
                         hint=_hint(p.deposit.reason, language) or "",
                         created_at=p.deposit.created_at,
+                        confirmations=p.deposit.confirmations,
+                        required_confirmations=p.deposit.required_confirmations,
                     )
                     for p in progress.deposits
                 ],
             ),
+            status_url=status_url,
         )
 
 

@@ -94,14 +94,18 @@ class CallbackRepository:
         rows = await self._conn.execute(query.order_by(c.received_at).limit(limit))
         return [Unprocessed(r.id, r.provider, r.merchant_id, r.claim, r.attempts) for r in rows]
 
-    async def claims_since(self, since: datetime) -> list[Unprocessed]:
-        """Every accepted callback received since then, in the order received."""
+    async def claims_since(
+        self, since: datetime, merchant_id: str | None = None
+    ) -> list[Unprocessed]:
+        """Every accepted callback received since then (for ``merchant_id``, if given), in
+        the order received."""
         c = inbound_callbacks.c
-        rows = await self._conn.execute(
-            select(c.id, c.provider, c.merchant_id, c.claim, c.attempts)
-            .where(c.outcome == ACCEPTED, c.received_at >= since)
-            .order_by(c.received_at, c.id)
+        query = select(c.id, c.provider, c.merchant_id, c.claim, c.attempts).where(
+            c.outcome == ACCEPTED, c.received_at >= since
         )
+        if merchant_id is not None:
+            query = query.where(c.merchant_id == merchant_id)
+        rows = await self._conn.execute(query.order_by(c.received_at, c.id))
         return [Unprocessed(r.id, r.provider, r.merchant_id, r.claim, r.attempts) for r in rows]
 
     async def mark_processed(

@@ -396,6 +396,12 @@ class DeliveryRepository:
             query = query.with_for_update(of=deliveries)
         return (await self._conn.execute(query)).first()
 
+    async def of_deposit(self, merchant_id: str, deposit_id: str) -> Sequence[Row[Any]]:
+        """The deliveries of a deposit's events, as ``page`` shows them, oldest first."""
+        query = self._viewed(merchant_id).where(events.c.deposit_id == deposit_id)
+        result = await self._conn.execute(query.order_by(deliveries.c.id))
+        return result.all()
+
     async def attempts_of(self, delivery_id: int, limit: int) -> Sequence[Row[Any]]:
         """The delivery's latest ``limit`` attempts (one row per URL tried), oldest first."""
         result = await self._conn.execute(

@@ -437,16 +437,20 @@ class AccountRepository:
             for row in result
         ]
 
-    async def audit(self) -> list[AccountAudit]:
-        """Every account's cached balance next to the sum of its entries (summed exactly)."""
-        result = await self._conn.execute(
-            select(accounts.c.id, accounts.c.key, accounts.c.balance).order_by(accounts.c.id)
-        )
+    async def audit(self, merchant_id: str | None = None) -> list[AccountAudit]:
+        """Every account's cached balance next to the sum of its entries (summed exactly);
+        with ``merchant_id``, only that merchant's accounts."""
+        query = select(accounts.c.id, accounts.c.key, accounts.c.balance)
+        summed = select(ledger_entries.c.account_id, ledger_entries.c.amount)
+        if merchant_id is not None:
+            query = query.where(accounts.c.merchant_id == merchant_id)
+            summed = summed.join(accounts, accounts.c.id == ledger_entries.c.account_id).where(
+                accounts.c.merchant_id == merchant_id
+            )
+        result = await self._conn.execute(query.order_by(accounts.c.id))
         cached = {row.id: (row.key, row.balance) for row in result}
         sums: dict[int, int] = defaultdict(int)
-        entries = await self._conn.execute(
-            select(ledger_entries.c.account_id, ledger_entries.c.amount)
-        )
+        entries = await self._conn.execute(summed)
         for row in entries:
             sums[row.account_id] += row.amount
         return [
@@ -454,16 +458,22 @@ class AccountRepository:
             for account_id, (key, balance) in cached.items()
         ]
 
-    async def unbalanced_postings(self) -> list[tuple[str, str, int]]:
-        """(deposit, kind, generation) groups whose entries do not sum to zero."""
-        result = await self._conn.execute(
-            select(
-                ledger_entries.c.deposit_id,
-                ledger_entries.c.kind,
-                ledger_entries.c.generation,
-                ledger_entries.c.amount,
-            )
+    async def unbalanced_postings(
+        self, merchant_id: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        """(deposit, kind, generation) groups whose entries do not sum to zero; with
+        ``merchant_id``, of that merchant's deposits only."""
+        query = select(
+            ledger_entries.c.deposit_id,
+            ledger_entries.c.kind,
+            ledger_entries.c.generation,
+            ledger_entries.c.amount,
         )
+        if merchant_id is not None:
+            query = query.join(deposits, deposits.c.id == ledger_entries.c.deposit_id).where(
+                deposits.c.merchant_id == merchant_id
+            )
+        result = await self._conn.execute(query)
         sums: dict[tuple[str, str, int], int] = defaultdict(int)
         for row in result:
             sums[(row.deposit_id, row.kind, row.generation)] += row.amount
@@ -1011,6 +1021,8 @@ _ATTRIBUTED = (
     deposits.c.created_at,
     deposits.c.reason_code,
     deposits.c.reason_params,
+    deposits.c.confirmations,
+    deposits.c.required_confirmations,
 )
 
 
@@ -1038,13 +1050,12 @@ class OrderRepository:
             )
         )
 
-    async def get(self, merchant_id: str, order_id: str) -> DepositOrder | None:
-        result = await self._conn.execute(
-            ORDER_WITH_USER.where(
-                deposit_orders.c.id == order_id, deposit_orders.c.merchant_id == merchant_id
-            )
-        )
-        row = result.first()
+    async def get(self, merchant_id: str | None, order_id: str) -> DepositOrder | None:
+        """The merchant's order (``merchant_id`` None: whoever's it is)."""
+        query = ORDER_WITH_USER.where(deposit_orders.c.id == order_id)
+        if merchant_id is not None:
+            query = query.where(deposit_orders.c.merchant_id == merchant_id)
+        row = (await self._conn.execute(query)).first()
         return None if row is None else order_from_row(row._mapping)
 
     async def attributed_deposits(
@@ -1067,7 +1078,13 @@ class OrderRepository:
                 reason = Message(row.reason_code, row.reason_params)
                 found[row.order_id].append(
                     AttributedDeposit(
-                        row.id, row.amount, DepositStatus(row.status), row.created_at, reason
+                        row.id,
+                        row.amount,
+                        DepositStatus(row.status),
+                        row.created_at,
+                        reason,
+                        row.confirmations,
+                        row.required_confirmations,
                     )
                 )
         return found

@@ -540,3 +540,27 @@ alerts = Table(
     ),
     Index(None, "fired_at"),
 )
+
+#: people who sign in to the dashboard, each acting for one merchant
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("merchant_id", ForeignKey("merchants.id"), nullable=False, index=True),
+    #: lower-cased; it names the operator on the one login form, so it is unique service-wide
+    Column("email", String(254), nullable=False, unique=True),
+    #: argon2id, in the PHC string format (parameters and salt included)
+    Column("password_hash", String(200), nullable=False),
+    _ts("created_at"),
+)
+
+#: dashboard sessions; the cookie carries the session id, only its SHA-256 is stored
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("operator_id", ForeignKey("operators.id"), nullable=False, index=True),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("revoked_at", nullable=True),
+)

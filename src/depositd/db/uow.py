@@ -8,8 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.alerts import AlertRepository
 from depositd.db.callbacks import CallbackRepository
+from depositd.db.dashboard import DashboardRepository
 from depositd.db.end_users import EndUserRepository, KycRepository
 from depositd.db.engine import Database
+from depositd.db.operators import OperatorRepository
 from depositd.db.outbox import DeliveryRepository
 from depositd.db.repositories import (
     AccountRepository,
@@ -57,6 +59,8 @@ class UnitOfWork:
         self.end_users = EndUserRepository(conn)
         self.kyc = KycRepository(conn)
         self.alerts = AlertRepository(conn)
+        self.operators = OperatorRepository(conn)
+        self.dashboard = DashboardRepository(conn)
         return self
 
     async def commit(self) -> None:

@@ -115,6 +115,9 @@ class AttributedDeposit:
     created_at: datetime
     #: why it is where it is (``Message`` code and parameters): the user's hint
     reason: Message | None = None
+    #: on-chain deposits: blocks on top of its block so far, and how many it needs
+    confirmations: int = 0
+    required_confirmations: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,11 @@ exists or not.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
 
 from depositd.clock import utcnow
@@ -34,14 +31,17 @@ from depositd.domain.credentials import check_password, normalize_email
 from depositd.errors import DepositdError, InputError
 from depositd.ids import new_id
 from depositd.mail import EmailSender, compose
+from depositd.services.passwords import (
+    ABSENT_HASH,
+    digest,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 
 #: session tokens start with this, so leaked ones are easy to spot
 SESSION_PREFIX = "dus_"
 VERIFY = "verify"
-
-_hasher = PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
-#: compared against when the account does not exist, so that takes as long as a wrong password
-_ABSENT = _hasher.hash(secrets.token_urlsafe(16))
 
 
 class InvalidToken(InputError):
@@ -94,7 +94,7 @@ class EndUsers:
         """
         address = normalize_email(email)
         check_password(password, address)
-        password_hash = await asyncio.to_thread(_hasher.hash, password)
+        password_hash = await asyncio.to_thread(hash_password, password)
         try:
             token = await self._open(merchant_id, address, password_hash)
         except IntegrityError:  # the same address registered at the same moment: it is taken
@@ -144,7 +144,7 @@ class EndUsers:
     async def verify_email(self, token: str) -> Account:
         now = self.clock()
         async with UnitOfWork(self.db, write=True) as uow:
-            account_id = await uow.end_users.use_token(_digest(token), VERIFY, now)
+            account_id = await uow.end_users.use_token(digest(token), VERIFY, now)
             if account_id is None:
                 raise InvalidToken("the token is unknown, used or expired; ask for a new email")
             await uow.end_users.set_verified(account_id, now)
@@ -165,7 +165,7 @@ class EndUsers:
         if locked_until is not None and locked_until > now:
             raise AccountLocked("too many failed logins; try again later", locked_until - now)
         matches = await asyncio.to_thread(
-            _verify, account.password_hash if account else _ABSENT, password
+            verify_password, account.password_hash if account else ABSENT_HASH, password
         )
         if account is None:
             raise LoginRefused("the email or the password is wrong")
@@ -181,20 +181,20 @@ class EndUsers:
             raise LoginRefused("the email or the password is wrong")
         if account.email_verified_at is None:
             raise EmailNotVerified("verify your email address first (see the email we sent)")
-        rehash = _hasher.check_needs_rehash(account.password_hash)
+        rehash = needs_rehash(account.password_hash)
         token = SESSION_PREFIX + secrets.token_urlsafe(32)
         expires_at = now + timedelta(hours=self.settings.session_hours)
         async with UnitOfWork(self.db, write=True) as uow:
             await uow.end_users.logged_in(
-                account.id, await asyncio.to_thread(_hasher.hash, password) if rehash else None
+                account.id, await asyncio.to_thread(hash_password, password) if rehash else None
             )
-            await uow.end_users.add_session(_digest(token), account.id, now, expires_at)
+            await uow.end_users.add_session(digest(token), account.id, now, expires_at)
             await uow.commit()
         return Session(token, expires_at)
 
     async def logout(self, token: str) -> None:
         async with UnitOfWork(self.db, write=True) as uow:
-            await uow.end_users.revoke_session(_digest(token), self.clock())
+            await uow.end_users.revoke_session(digest(token), self.clock())
             await uow.commit()
 
     async def authenticate(self, token: str) -> Account | None:
@@ -202,13 +202,13 @@ class EndUsers:
         if not token.startswith(SESSION_PREFIX):
             return None
         async with UnitOfWork(self.db, write=False) as uow:
-            return await uow.end_users.session_account(_digest(token), self.clock())
+            return await uow.end_users.session_account(digest(token), self.clock())
 
     async def _new_token(self, uow: UnitOfWork, account_id: str) -> str:
         token = secrets.token_urlsafe(32)
         now = self.clock()
         expires_at = now + timedelta(hours=self.settings.verify_token_hours)
-        await uow.end_users.add_token(_digest(token), account_id, VERIFY, now, expires_at)
+        await uow.end_users.add_token(digest(token), account_id, VERIFY, now, expires_at)
         return token
 
     async def _send_token(self, address: str, token: str) -> None:
@@ -221,14 +221,3 @@ class EndUsers:
 
     async def _send(self, address: str, subject: str, text: str) -> None:
         await self.mailer.send(compose(self.from_address, address, subject, text))
-
-
-def _verify(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()

@@ -215,12 +215,13 @@ async def get_order(
     db: Database,
     chain_ids: Mapping[str, int],
     assets: AssetBook,
-    merchant_id: str,
+    merchant_id: str | None,
     order_id: str,
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> OrderDetail:
-    """The merchant's order with its progress (another merchant's is ``NotFound``)."""
+    """The merchant's order with its progress (another merchant's is ``NotFound``);
+    ``merchant_id`` None: whoever's it is (a status page whose link was checked)."""
     async with UnitOfWork(db, write=False) as uow:
         order = await uow.orders.get(merchant_id, order_id)
         if order is None:

@@ -204,19 +204,24 @@ async def _ask_about_overdue(
 
 
 async def compare_sums(
-    db: Database, providers: Mapping[str, Provider], since: datetime
+    db: Database,
+    providers: Mapping[str, Provider],
+    since: datetime,
+    *,
+    merchant_id: str | None = None,
 ) -> list[Mismatch]:
-    """What disagrees: account caches, postings, and providers' claims against credits."""
+    """What disagrees: account caches, postings, and providers' claims against credits
+    (with ``merchant_id``: that merchant's only). Reads only: safe to run at any time."""
     found: list[Mismatch] = []
     async with UnitOfWork(db, write=False) as uow:
-        for audit in await uow.accounts.audit():
+        for audit in await uow.accounts.audit(merchant_id):
             if audit.cached is not None and audit.cached != audit.summed:
                 found.append(Mismatch("account_balance", audit.key,
                                       str(audit.summed), str(audit.cached)))  # fmt: skip
-        for deposit_id, kind, generation in await uow.accounts.unbalanced_postings():
+        for deposit_id, kind, generation in await uow.accounts.unbalanced_postings(merchant_id):
             found.append(Mismatch("unbalanced_posting", f"{deposit_id}:{kind}:{generation}",
                                   "0", "not 0"))  # fmt: skip
-        claims = await uow.callbacks.claims_since(since)
+        claims = await uow.callbacks.claims_since(since, merchant_id)
         latest: dict[tuple[str, str, str], ProviderClaim] = {}
         for callback in claims:
             claim = ProviderClaim.from_dict(callback.claim)
