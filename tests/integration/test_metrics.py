@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
@@ -98,14 +99,24 @@ async def test_deliveries_latency_and_outbox(
     merchant_id, address = await merchant_with_user(db)
     receiver = await serve(Receiver(script=[status(500)]))
     await add_endpoint(db, merchant_id, receiver.url)
-    await record_observation(db, assets, eth_transfer(address, 1, 12))
+    with structlog.testing.capture_logs() as logged:
+        recorded = await record_observation(db, assets, eth_transfer(address, 1, 12))
+    assert recorded.deposit is not None
+    assert [(line["event"], line["deposit_id"]) for line in logged] == [
+        ("deposit_credited", recorded.deposit.id)
+    ]
     waiting = await scrape(app_client)
     assert waiting[("depositd_outbox_depth", ())] == 1
     assert waiting[("depositd_outbox_oldest_age_seconds", ())] >= 0
     clock = Clock()
     worker = sender(db, config, clock)
     try:
-        assert await worker.drain() == 1  # 500: to be retried
+        with structlog.testing.capture_logs() as logged:
+            assert await worker.drain() == 1  # 500: to be retried
+        failed = [line for line in logged if line["event"] == "delivery_failed"]
+        assert [(line["status_code"], line["attempt"]) for line in failed] == [(500, 1)]
+        assert failed[0]["delivery_id"]
+        assert failed[0]["endpoint_id"]
         (due,) = await _pending(db)
         clock.now = max(clock.now, due) + timedelta(seconds=1)
         assert await worker.drain() == 1  # 200

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
 
+import structlog
+
 from depositd import metrics
 from depositd.clock import utcnow
 from depositd.db.engine import Database
@@ -21,6 +23,8 @@ from depositd.domain.ledger import Entry, postings_for
 from depositd.errors import InputError, ObservationConflict, UnknownOwner
 from depositd.ids import new_id
 from depositd.services.screening import screen
+
+log = structlog.get_logger("depositd.deposits")
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,7 @@ async def record_observations(
                 await store.mark_callbacks(outcomes)
             await store.commit()
             _announce_commit(db, recorded)
-            metrics.count_recorded(
-                (r.deposit.status.value, r.deposit.reason.code)
-                for r in recorded
-                if r.changed and r.deposit is not None
-            )
+            _log_changes(recorded)
             return recorded
 
     return await retry_transient(attempt)
@@ -111,6 +111,27 @@ def on_events_committed(db: Database, listener: Callable[[], None]) -> Callable[
     listeners = _commit_listeners.setdefault(db, set())
     listeners.add(listener)
     return lambda: listeners.discard(listener)
+
+
+#: transitions worth a line at info level; the rest (pending, confirming) go to debug
+_NOTABLE = frozenset({"credited", "held", "rejected", "orphaned", "reversed", "failed"})
+
+
+def _log_changes(recorded: Sequence[Recorded]) -> None:
+    """Count and log the committed transitions, one line each with the deposit's id."""
+    changed = [r.deposit for r in recorded if r.changed and r.deposit is not None]
+    metrics.count_recorded((d.status.value, d.reason.code) for d in changed)
+    for deposit in changed:
+        status = deposit.status.value
+        (log.info if status in _NOTABLE else log.debug)(
+            "deposit_" + status,
+            deposit_id=deposit.id,
+            merchant_id=deposit.merchant_id,
+            asset=deposit.asset,
+            amount=str(deposit.amount),
+            version=deposit.version,
+            reason=deposit.reason.code,
+        )
 
 
 def _announce_commit(db: Database, recorded: Sequence[Recorded]) -> None:

@@ -407,10 +407,7 @@ class Sender:
                 await uow.events.append(disabled, now)
             await uow.commit()
         for outcome, update in zip(done, updates, strict=True):
-            metrics.DELIVERIES.labels(_OUTCOME_NAMES.get(update.status, "retrying")).inc()
-            if update.status == DELIVERED:
-                delay = (update.finished_at or now) - outcome.job.event_created_at
-                metrics.DELIVERY_LATENCY.observe(max(0.0, delay.total_seconds()))
+            _account(outcome, update, now)
         for event in disabled:
             # the endpoint_disabled alert (services.alerts) follows from the stored state
             log.error("endpoint_disabled", **event.data)
@@ -473,6 +470,26 @@ class Sender:
                     )
                 )
         return events
+
+
+def _account(outcome: _Outcome, update: DeliveryUpdate, now: datetime) -> None:
+    """Count an attempt's result, and log the ones that did not get through."""
+    job = outcome.job
+    metrics.DELIVERIES.labels(_OUTCOME_NAMES.get(update.status, "retrying")).inc()
+    if update.status == DELIVERED:
+        delay = (update.finished_at or now) - job.event_created_at
+        metrics.DELIVERY_LATENCY.observe(max(0.0, delay.total_seconds()))
+        return
+    (log.error if update.status == DEAD else log.warning)(
+        "delivery_dead" if update.status == DEAD else "delivery_failed",
+        delivery_id=job.delivery_id,
+        endpoint_id=job.endpoint_id,
+        event_id=job.event_id,
+        attempt=job.attempt,
+        status_code=outcome.status_code,
+        error=outcome.error,
+        next_attempt_at=None if update.status == DEAD else update.next_attempt_at.isoformat(),
+    )
 
 
 def _job(row: Claimed, now: datetime) -> _Job:
