@@ -38,6 +38,7 @@ from depositd.db.uow import UnitOfWork
 from depositd.domain.assets import AssetBook
 from depositd.domain.deposits import ChainRef, Observation, ToAddress
 from depositd.ids import new_id
+from depositd.logs import configure_logging
 from depositd.services import merchants, users
 from depositd.services.group_commit import Recorder
 from depositd.services.observations import record_observations
@@ -318,4 +319,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_logging("warning")  # as a service would run: no line per deposit
     asyncio.run(main())

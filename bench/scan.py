@@ -71,6 +71,7 @@ from depositd.db import tables
 from depositd.db.engine import Database
 from depositd.domain.assets import Asset, AssetBook
 from depositd.ids import new_id
+from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
 from depositd.services import merchants, observations
 from depositd.workers.watcher import ChainWatcher
@@ -858,6 +859,7 @@ def main() -> None:
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
+    configure_logging("warning")  # as a service would run: no line per deposit
     asyncio.run(bench(args))
 
 
