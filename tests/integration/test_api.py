@@ -263,6 +263,16 @@ async def test_a_method_not_allowed_names_the_allowed_ones(alice: Tenant) -> Non
     response = await alice.client.delete("/v1/users/alice")
     assert_problem(response, 405, "method-not-allowed")
     assert response.headers["allow"] == "GET"
+    # a path served by several routes names all their methods, not the first route's
+    several = await alice.client.put("/v1/endpoints")
+    assert_problem(several, 405, "method-not-allowed")
+    assert several.headers["allow"] == "GET, POST"
+
+
+async def test_date_time_filters_take_rfc_3339_only(alice: Tenant) -> None:
+    for odd in ("0.5", "1732867200", "yesterday"):
+        refused = await alice.client.get("/v1/deposits", params={"created_to": odd})
+        assert_problem(refused, 422, "validation-error")
 
 
 async def test_filters_by_user_and_asset(alice: Tenant) -> None:
