@@ -25,6 +25,7 @@ from depositd.config import ChainConfig, Config, load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current, upgrade
 from depositd.domain.assets import AssetBook
+from depositd.domain.audit import CLI_ACTOR
 from depositd.errors import ConfigError, DepositdError
 from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
@@ -354,7 +355,7 @@ async def _retry_delivery(db: Database, args: argparse.Namespace) -> None:
 
     delivery_id = _number("DELIVERY_ID", args.delivery_id, int)
     before = await deliveries.get_delivery(db, None, delivery_id)
-    retried = await deliveries.retry_delivery(db, None, delivery_id)
+    retried = await deliveries.retry_delivery(db, None, delivery_id, actor=CLI_ACTOR)
     print(
         f"delivery {retried.id} of event {retried.event_seq} to {retried.endpoint_id} is due"
         f" now (it was {before.delivery.status} after {before.delivery.attempts} attempts)"
@@ -380,6 +381,7 @@ async def _replay(db: Database, args: argparse.Namespace) -> None:
         rate_per_second=deliveries.DEFAULT_REPLAY_RATE
         if args.rate is None
         else _number("--rate", args.rate, float),
+        actor=CLI_ACTOR,
     )
     if not replayed.queued:
         print(f"nothing to replay to {replayed.endpoint_id}")

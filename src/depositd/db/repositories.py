@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Row,
@@ -91,22 +91,26 @@ class MerchantRepository:
         )
         return bool(result.rowcount)
 
-    async def merchant_for_key(self, key_hash: str) -> str | None:
+    async def key_holder(self, key_hash: str) -> Row[Any] | None:
+        """The active key with this hash: its ``merchant_id`` and ``id``."""
         result = await self._conn.execute(
-            select(api_keys.c.merchant_id).where(
+            select(api_keys.c.merchant_id, api_keys.c.id).where(
                 api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
             )
         )
-        return result.scalar_one_or_none()
+        return cast(Row[Any] | None, result.one_or_none())
 
-    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
-        """Revoke the key; False if there is no such key or it was already revoked."""
+    async def revoke_api_key(self, key_id: str, now: datetime) -> str | None:
+        """Revoke the key: its merchant, or None if there is no such key or it was already
+        revoked."""
         result = await self._conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=now)
+            .returning(api_keys.c.merchant_id)
         )
-        return bool(result.rowcount)
+        merchant_id: str | None = result.scalar_one_or_none()
+        return merchant_id
 
 
 class AddressTaken(Exception):

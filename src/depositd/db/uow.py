@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from depositd.db.audit import AuditRepository
 from depositd.db.callbacks import CallbackRepository
 from depositd.db.end_users import EndUserRepository, KycRepository
 from depositd.db.engine import Database
@@ -25,9 +26,9 @@ from depositd.db.repositories import (
 class UnitOfWork:
     """``async with UnitOfWork(db, write=True) as uow: ...; await uow.commit()``.
 
-    Everything a use case changes — deposit state, ledger entries, events, outbox rows — goes
-    through one connection in one transaction. Leaving the block without ``commit()`` (an
-    exception, an early return) rolls everything back.
+    Everything a use case changes — deposit state, ledger entries, events, outbox rows, its
+    audit record — goes through one connection in one transaction. Leaving the block without
+    ``commit()`` (an exception, an early return) rolls everything back.
     """
 
     def __init__(self, db: Database, *, write: bool) -> None:
@@ -55,6 +56,7 @@ class UnitOfWork:
         self.callbacks = CallbackRepository(conn)
         self.end_users = EndUserRepository(conn)
         self.kyc = KycRepository(conn)
+        self.audit = AuditRepository(conn)
         return self
 
     async def commit(self) -> None:

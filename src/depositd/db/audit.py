@@ -1,0 +1,138 @@
+"""The audit log's rows: append to the chain under its head's lock, read it in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from depositd.db.engine import Database
+from depositd.db.recording import RecordingStore, _PostgresStore, _SqliteStore
+from depositd.db.tables import audit_head, audit_log
+from depositd.domain.audit import AuditEntry, AuditRecord, chain_after
+from depositd.jsontext import dump_json
+
+# The head's row lock (FOR UPDATE; SQLite has one writer anyway) orders appenders: each reads
+# the head another committed, so seqs never repeat and every prev_hash is the one before.
+_LOCK_HEAD = (
+    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+)
+
+
+def _insert(record: AuditRecord) -> Any:
+    return audit_log.insert().values(
+        seq=record.seq,
+        at=record.at,
+        merchant_id=record.merchant_id,
+        actor=record.actor,
+        action=record.action,
+        subject=record.subject,
+        details=record.details,
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+    )
+
+
+def _move_head(record: AuditRecord) -> Any:
+    return update(audit_head).where(audit_head.c.id == 1).values(seq=record.seq, hash=record.hash)
+
+
+def _record(row: Mapping[Any, Any]) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        at=row["at"],
+        merchant_id=row["merchant_id"],
+        actor=row["actor"],
+        action=row["action"],
+        subject=row["subject"],
+        details=row["details"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+class AuditRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def append(self, entry: AuditEntry, now: datetime) -> AuditRecord:
+        """Chain ``entry`` on; the head stays locked until this transaction ends, so call
+        it as the transaction's last write."""
+        head = (await self._conn.execute(_LOCK_HEAD)).one()
+        record = chain_after(head.seq, head.hash, entry, now)
+        await self._conn.execute(_insert(record))
+        await self._conn.execute(_move_head(record))
+        return record
+
+    async def head(self) -> tuple[int, str]:
+        row = (await self._conn.execute(select(audit_head.c.seq, audit_head.c.hash))).one()
+        return row.seq, row.hash
+
+    async def after(self, seq: int, through: int, limit: int) -> list[AuditRecord]:
+        """The records after ``seq`` up to ``through``, in seq order."""
+        stmt = (
+            select(audit_log)
+            .where(audit_log.c.seq > seq, audit_log.c.seq <= through)
+            .order_by(audit_log.c.seq)
+            .limit(limit)
+        )
+        return [_record(row._mapping) for row in await self._conn.execute(stmt)]
+
+    async def latest(
+        self, merchant_id: str | None, before_seq: int | None, limit: int
+    ) -> list[AuditRecord]:
+        """The newest records first, of one merchant or (None) of everyone."""
+        stmt: Select[Any] = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        if merchant_id is not None:
+            stmt = stmt.where(audit_log.c.merchant_id == merchant_id)
+        if before_seq is not None:
+            stmt = stmt.where(audit_log.c.seq < before_seq)
+        return [_record(row._mapping) for row in await self._conn.execute(stmt)]
+
+
+_PG_LOCK_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+_PG_INSERT = """
+INSERT INTO audit_log (seq, at, merchant_id, actor, action, subject, details, prev_hash, hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9)"""
+_PG_MOVE_HEAD = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1"
+
+
+async def append_while_recording(
+    db: Database, store: RecordingStore, entry: AuditEntry, now: datetime
+) -> AuditRecord:
+    """``AuditRepository.append`` in a recording transaction (``db.recording``), on the
+    connection that transaction runs on."""
+    if isinstance(store, _SqliteStore):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(db.recorder_thread, _append_sync, store.conn, entry, now)
+    assert isinstance(store, _PostgresStore)
+    conn = store._conn
+    head = await conn.fetchrow(_PG_LOCK_HEAD)
+    record = chain_after(head["seq"], head["hash"], entry, now)
+    await conn.execute(
+        _PG_INSERT,
+        record.seq,
+        record.at,
+        record.merchant_id,
+        record.actor,
+        record.action,
+        record.subject,
+        dump_json(record.details),
+        record.prev_hash,
+        record.hash,
+    )
+    await conn.execute(_PG_MOVE_HEAD, record.seq, record.hash)
+    return record
+
+
+def _append_sync(conn: Connection, entry: AuditEntry, now: datetime) -> AuditRecord:
+    head = conn.execute(_LOCK_HEAD).one()
+    record = chain_after(head.seq, head.hash, entry, now)
+    conn.execute(_insert(record))
+    conn.execute(_move_head(record))
+    return record
