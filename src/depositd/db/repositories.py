@@ -589,21 +589,26 @@ class EventRepository:
         ``after`` must itself be such a seq. The counter is gap-free and advances in the
         transaction that inserts its events, so when every seq of the span past ``after`` has
         its event, all of them are committed (``delivery.hub`` builds its horizon on this).
+        Seqs retention purged count as committed: they were.
         """
         result = await self._conn.execute(
-            select(event_counter.c.last_seq).where(event_counter.c.id == 1)
+            select(event_counter.c.last_seq, event_counter.c.purged_through).where(
+                event_counter.c.id == 1
+            )
         )
-        last = int(result.scalar_one_or_none() or 0)
+        counter = result.one_or_none()
+        last, purged = (0, 0) if counter is None else (counter.last_seq, counter.purged_through)
         upper = last if step is None else min(last, after + step)
         if upper <= after:
             return after, True
-        span = (events.c.seq > after, events.c.seq <= upper)
+        lowest = min(max(after, purged), upper)
+        span = (events.c.seq > lowest, events.c.seq <= upper)
         result = await self._conn.execute(select(func.count()).select_from(events).where(*span))
-        if result.scalar_one() == upper - after:
+        if result.scalar_one() == upper - lowest:
             return upper, True
         # a seq in the span is taken but not committed yet: stop just below the first hole
         result = await self._conn.execute(select(events.c.seq).where(*span).order_by(events.c.seq))
-        reached = after
+        reached = lowest
         for seq in result.scalars():
             if seq != reached + 1:
                 break
@@ -616,9 +621,16 @@ class EventRepository:
         )
         return result.all()
 
-    async def all_seqs(self) -> list[int]:
-        result = await self._conn.execute(select(events.c.seq).order_by(events.c.seq))
-        return list(result.scalars())
+    async def all_seqs(self) -> tuple[int, list[int]]:
+        """The seq retention purged through, and every seq above it."""
+        result = await self._conn.execute(
+            select(event_counter.c.purged_through).where(event_counter.c.id == 1)
+        )
+        purged = int(result.scalar_one_or_none() or 0)
+        result = await self._conn.execute(
+            select(events.c.seq).where(events.c.seq > purged).order_by(events.c.seq)
+        )
+        return purged, list(result.scalars())
 
 
 #: ``disabled_reason`` of an endpoint its merchant deleted: kept (disabled) for the history of

@@ -262,6 +262,8 @@ event_counter = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("last_seq", BigInteger, nullable=False),
+    #: retention removed every event up to this seq (and none above it)
+    Column("purged_through", BigInteger, nullable=False, server_default="0"),
 )
 
 endpoints = Table(

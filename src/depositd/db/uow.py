@@ -21,6 +21,7 @@ from depositd.db.repositories import (
     OrderRepository,
     UserRepository,
 )
+from depositd.db.retention import RetentionRepository
 
 
 class UnitOfWork:
@@ -57,6 +58,7 @@ class UnitOfWork:
         self.end_users = EndUserRepository(conn)
         self.kyc = KycRepository(conn)
         self.audit = AuditRepository(conn)
+        self.retention = RetentionRepository(conn)
         return self
 
     async def commit(self) -> None:

@@ -19,6 +19,7 @@ from depositd.workers.backoff import Backoff
 from depositd.workers.callbacks import sweep_callbacks_forever
 from depositd.workers.orders import expire_orders_forever
 from depositd.workers.reconciler import reconcile_forever
+from depositd.workers.retention import purge_forever
 from depositd.workers.sender import Sender
 from depositd.workers.watcher import ChainWatcher
 
@@ -63,8 +64,8 @@ class Supervisor:
 
 class Workers:
     """Every background loop the configuration asks for: a watcher per chain with a node
-    URL, the webhook sender, the deposit order expiry sweeper, the callback sweep and the
-    reconciler."""
+    URL, the webhook sender, the deposit order expiry sweeper, the callback sweep, the
+    reconciler and the retention job (unless ``retention.enabled`` is false)."""
 
     def __init__(
         self,
@@ -102,6 +103,10 @@ class Workers:
             self._supervisor.start(
                 "callbacks",
                 lambda: sweep_callbacks_forever(self._db, self._assets, self._config),
+            )
+        if "retention" in self.roles and self._config.retention.enabled:
+            self._supervisor.start(
+                "retention", lambda: purge_forever(self._db, self._config.retention)
             )
 
     async def _send(self) -> None:
