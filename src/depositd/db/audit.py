@@ -25,17 +25,7 @@ _LOCK_HEAD = (
 
 
 def _insert(record: AuditRecord) -> Any:
-    return audit_log.insert().values(
-        seq=record.seq,
-        at=record.at,
-        merchant_id=record.merchant_id,
-        actor=record.actor,
-        action=record.action,
-        subject=record.subject,
-        details=record.details,
-        prev_hash=record.prev_hash,
-        hash=record.hash,
-    )
+    return audit_log.insert().values(**vars(record))
 
 
 def _move_head(record: AuditRecord) -> Any:
@@ -43,17 +33,7 @@ def _move_head(record: AuditRecord) -> Any:
 
 
 def _record(row: Mapping[Any, Any]) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        at=row["at"],
-        merchant_id=row["merchant_id"],
-        actor=row["actor"],
-        action=row["action"],
-        subject=row["subject"],
-        details=row["details"],
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+    return AuditRecord(**row)
 
 
 class AuditRepository:
