@@ -3,6 +3,7 @@ stay; a dry run removes nothing and counts the same."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from depositd.domain.deposits import Observation, ProviderRef, ProviderStatus, T
 from depositd.services import endpoints, merchants, queries, users
 from depositd.services.observations import record_observation
 from depositd.services.retention import TABLES, purge
+from depositd.workers.supervisor import Workers
 
 from .test_cli import depositd
 from .test_deliveries_api import emit, outbox, set_delivery
@@ -198,3 +200,28 @@ async def test_the_purge_command_prints_what_it_removes(
     assert lines[4].startswith("the event log starts after seq ")
     left = await counts(db, inbound_callbacks)
     assert left["inbound_callbacks"] == (5 if dry_run else 2)
+
+
+async def test_the_retention_worker_purges_on_its_schedule(db: Database, config: Config) -> None:
+    await history(db, config, utcnow(), timedelta(hours=1))
+    workers = Workers(config, db, config.asset_book(), roles=["retention"])
+    workers.start()
+    try:
+        for _ in range(200):
+            if (await counts(db, inbound_callbacks))["inbound_callbacks"] == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await workers.stop()
+    assert await ids(db, inbound_callbacks.c.id) == ["cb_recent", "cb_waiting"]
+    async with db.reader.connect() as conn:
+        actors = (await conn.execute(select(audit_log.c.actor, audit_log.c.action))).all()
+    assert ("worker", "retention.purged") in actors
+
+    disabled = config.model_copy(
+        update={"retention": config.retention.model_copy(update={"enabled": False})}
+    )
+    idle = Workers(disabled, db, config.asset_book(), roles=["retention"])
+    idle.start()
+    assert not idle._supervisor._tasks  # retention.enabled = false: no job
+    await idle.stop()
