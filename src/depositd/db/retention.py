@@ -152,7 +152,13 @@ class RetentionRepository:
 
     @staticmethod
     def _deliveries(span: EventSpan) -> Any:
-        return (deliveries.c.event_seq > span.after, deliveries.c.event_seq <= span.through)
+        # never a pending one: should a replay have queued one since ``expired_events`` looked,
+        # its event cannot be deleted under it (the foreign key) and the batch rolls back
+        return (
+            deliveries.c.event_seq > span.after,
+            deliveries.c.event_seq <= span.through,
+            deliveries.c.status != "pending",
+        )
 
     @classmethod
     def _attempts(cls, span: EventSpan) -> Any:
