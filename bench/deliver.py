@@ -289,7 +289,7 @@ async def add_merchant(
     for n in range(endpoint_count):
         url = receiver.url(n)
         created = await endpoints.create_endpoint(
-            db, policy, merchant.id, url, event_types=[EVENT_TYPE]
+            db, policy, merchant.id, url, event_types=[EVENT_TYPE], actor="bench"
         )
         made.endpoints.append((f"/e{n}", created.endpoint.url, created.secret))
     return made

@@ -143,7 +143,7 @@ async def pg_url() -> AsyncIterator[str]:
 
 
 async def reset(db: Database) -> None:
-    """Empty every table (keeping the schema) and restart the event cursor."""
+    """Empty every table (keeping the schema), restart the event cursor and the audit chain."""
     async with db.writer.begin() as conn:
         if db.is_sqlite:
             for table in reversed(metadata.sorted_tables):
@@ -152,6 +152,9 @@ async def reset(db: Database) -> None:
             names = ", ".join(t.name for t in metadata.sorted_tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
         await conn.execute(text("INSERT INTO event_counter (id, last_seq) VALUES (1, 0)"))
+        await conn.execute(
+            text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :hash)"), {"hash": "0" * 64}
+        )
 
 
 @pytest.fixture(params=ENGINES)

@@ -27,11 +27,13 @@ from depositd.config import ChainConfig, Config, load_config
 from depositd.db.engine import Database
 from depositd.db.migrate import is_current, upgrade
 from depositd.domain.assets import AssetBook
+from depositd.domain.audit import CLI_ACTOR
 from depositd.errors import ConfigError, DepositdError
+from depositd.jsontext import dump_json
 from depositd.logs import configure_logging
 from depositd.runtime import freeze_startup_objects
 from depositd.sealing import Sealer
-from depositd.services import addresses, merchants, operators
+from depositd.services import addresses, audit, merchants, operators
 from depositd.signer import Signer
 from depositd.workers import ROLES
 
@@ -92,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="run the background workers without the API",
         description="Run the chain watcher of every chain with an rpc_url, the webhook"
-        " sender, the deposit order expiry sweeper and the sweep of stored provider callbacks,"
-        " until stopped (SIGTERM or Ctrl-C).",
+        " sender, the deposit order expiry sweeper, the sweep of stored provider callbacks,"
+        " the reconciler and the retention job, until stopped (SIGTERM or Ctrl-C).",
     )
     worker.add_argument(
         "--only",
@@ -240,6 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="overdue after this long (default: reconcile.sla_seconds)",
     )
+
+    audit_cmd = commands.add_parser("audit", help="verify and read the audit log")
+    audit_verbs = audit_cmd.add_subparsers(dest="verb", required=True, metavar="VERB")
+    audit_verbs.add_parser(
+        "verify",
+        help="check the audit log's hash chain",
+        description="Walk the audit log in seq order, recomputing every record's hash and its"
+        " link to the one before. Prints the number of records and the head, or the first"
+        " record edited, deleted or out of order, and exits 1.",
+    )
+    audit_list = audit_verbs.add_parser(
+        "list",
+        help="the latest audit records, newest first, one a line",
+        description="List audit records newest first: seq, time, merchant, actor, action,"
+        " subject and details.",
+    )
+    audit_list.add_argument("--merchant", metavar="ID", help="only this merchant's")
+    audit_list.add_argument("--limit", default="50", metavar="N", help="at most N (default: 50)")
+
+    purge_cmd = commands.add_parser(
+        "purge",
+        help="remove expired callbacks, attempt logs and events now",
+        description="Apply the retention policy ([retention]) once: remove processed or"
+        " rejected inbound callbacks, delivery attempt logs and the oldest events (with their"
+        " finished deliveries) past their cutoffs, and print what was removed from each table."
+        " Never the ledger, deposits or the audit log.",
+    )
+    purge_cmd.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed; remove nothing"
+    )
     return parser
 
 
@@ -326,6 +358,15 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
         elif args.command == "reconcile":
             await _require_schema(db)
             return await _reconcile(db, config, args)
+        elif args.command == "audit" and args.verb == "verify":
+            await _require_schema(db)
+            return await _verify_audit(db)
+        elif args.command == "audit":
+            await _require_schema(db)
+            await _list_audit(db, args)
+        elif args.command == "purge":
+            await _require_schema(db)
+            await _purge(db, config, dry_run=args.dry_run)
         else:
             await _require_schema(db)
             await merchants.revoke_api_key(db, args.key_id)
@@ -358,6 +399,34 @@ async def _reconcile(db: Database, config: Config, args: argparse.Namespace) -> 
     return 1 if report.mismatches else 0
 
 
+async def _verify_audit(db: Database) -> int:
+    verdict = await audit.verify_audit_log(db)
+    if verdict.problem is not None:
+        print(f"audit log BROKEN after {verdict.rows} good rows: {verdict.problem}")
+        return 1
+    print(f"audit log intact: {verdict.rows} rows, head {verdict.head[:16]}")
+    return 0
+
+
+async def _list_audit(db: Database, args: argparse.Namespace) -> None:
+    limit = _number("--limit", args.limit, int)
+    for record in await audit.latest_audit_records(db, args.merchant, limit):
+        print("\t".join((str(record.seq), _stamp(record.at), record.merchant_id or "-",
+                         record.actor, record.action, record.subject,
+                         dump_json(record.details))))  # fmt: skip
+
+
+async def _purge(db: Database, config: Config, *, dry_run: bool) -> None:
+    from depositd.services.retention import TABLES, purge
+
+    report = await purge(db, config.retention, actor=CLI_ACTOR, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for table in TABLES:
+        cutoff = _stamp(report.cutoffs.of_table(table))
+        print(f"{table}: {verb} {report.removed[table]} (older than {cutoff})")
+    print(f"the event log starts after seq {report.events_purged_through}")
+
+
 async def _list_deliveries(db: Database, args: argparse.Namespace) -> None:
     from depositd.services import deliveries  # imports the HTTP client: only when needed
 
@@ -377,7 +446,7 @@ async def _retry_delivery(db: Database, args: argparse.Namespace) -> None:
 
     delivery_id = _number("DELIVERY_ID", args.delivery_id, int)
     before = await deliveries.get_delivery(db, None, delivery_id)
-    retried = await deliveries.retry_delivery(db, None, delivery_id)
+    retried = await deliveries.retry_delivery(db, None, delivery_id, actor=CLI_ACTOR)
     print(
         f"delivery {retried.id} of event {retried.event_seq} to {retried.endpoint_id} is due"
         f" now (it was {before.delivery.status} after {before.delivery.attempts} attempts)"
@@ -403,6 +472,7 @@ async def _replay(db: Database, args: argparse.Namespace) -> None:
         rate_per_second=deliveries.DEFAULT_REPLAY_RATE
         if args.rate is None
         else _number("--rate", args.rate, float),
+        actor=CLI_ACTOR,
     )
     if not replayed.queued:
         print(f"nothing to replay to {replayed.endpoint_id}")

@@ -410,6 +410,25 @@ class AlertsConfig(_Section):
     reversal_minutes: float = Field(60.0, gt=0, le=30 * 24 * 60)
 
 
+class RetentionConfig(_Section):
+    """How long raw records are kept (DESIGN §7). The ledger, deposits and the audit log are
+    kept for good: no setting here reaches them."""
+
+    #: purge on the workers' schedule (``depositd purge`` works either way)
+    enabled: bool = True
+    #: stored inbound callbacks received longer ago, once processed (or rejected, or a replay);
+    #: longer than ``reconcile.window_days``, which compares their claims with the credits
+    inbound_callbacks_days: int = Field(90, ge=1, le=36_500)
+    #: the log of each delivery attempt
+    delivery_attempts_days: int = Field(30, ge=1, le=36_500)
+    #: events (with their finished deliveries), oldest first, up to the first one a pending
+    #: delivery still needs
+    events_days: int = Field(365, ge=1, le=36_500)
+    interval_seconds: float = Field(3600.0, gt=0, le=7 * 86_400)
+    #: rows of each table removed per transaction
+    batch_size: int = Field(1000, ge=1, le=100_000)
+
+
 class EndUsersConfig(_Section):
     """End users' own accounts: registration, email verification, login sessions, KYC."""
 
@@ -496,6 +515,7 @@ class Config(_Section):
     providers: dict[str, ProviderConfig] = {}
     callbacks: CallbacksConfig = CallbacksConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    retention: RetentionConfig = RetentionConfig()
     end_users: EndUsersConfig = EndUsersConfig()
     email: EmailConfig = EmailConfig()
     alerts: AlertsConfig = AlertsConfig()
@@ -604,6 +624,11 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     config.end_users.sealer()  # a key that is set must be usable
     config.dashboard.signer()
     config.email.email_sender()
+    if config.retention.inbound_callbacks_days <= config.reconcile.window_days:
+        raise ConfigError(
+            f"retention.inbound_callbacks_days: keep callbacks longer than"
+            f" reconcile.window_days ({config.reconcile.window_days:g}), whose report reads them"
+        )
     for name, provider in config.providers.items():
         if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
             raise ConfigError(f"providers.{name}: use 1-40 of a-z, 0-9 and _ in the name")

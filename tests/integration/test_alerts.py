@@ -119,11 +119,15 @@ async def test_endpoint_disabled(bench: Bench) -> None:
     endpoint_id, _ = await add_endpoint(bench.db, bench.merchant_id, "http://127.0.0.1:9/hook")
 
     async def begin() -> str:
-        await endpoint_service.disable_endpoint(bench.db, bench.merchant_id, endpoint_id)
+        await endpoint_service.disable_endpoint(
+            bench.db, bench.merchant_id, endpoint_id, actor="test"
+        )
         return endpoint_id
 
     async def end() -> None:
-        await endpoint_service.enable_endpoint(bench.db, bench.merchant_id, endpoint_id)
+        await endpoint_service.enable_endpoint(
+            bench.db, bench.merchant_id, endpoint_id, actor="test"
+        )
 
     await lifecycle(bench, "endpoint_disabled", begin, end)
 

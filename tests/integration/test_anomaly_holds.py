@@ -77,7 +77,9 @@ async def test_an_amount_far_above_the_users_habit_is_held_then_approved(
     assert "待审核" in reason.render("zh-CN")
     balances = await queries.user_balances(db, merchant_id, "alice")
     before = sum(b.available for b in balances.balances)
-    decided = await review_deposit(db, watched, merchant_id, spike.deposit.id, approve=True)
+    decided = await review_deposit(
+        db, watched, merchant_id, spike.deposit.id, approve=True, actor="test"
+    )
     assert decided.status is DepositStatus.CREDITED
     balances = await queries.user_balances(db, merchant_id, "alice")
     assert sum(b.available for b in balances.balances) == before + 5_000 * USDT

@@ -28,7 +28,7 @@ def environment(db: Database) -> dict[str, str]:
 
 async def endpoint_of(db: Database, config: Config, merchant_id: str, *types: str) -> str:
     created = await endpoints.create_endpoint(
-        db, config.delivery, merchant_id, HOOK, event_types=types or ("*",)
+        db, config.delivery, merchant_id, HOOK, event_types=types or ("*",), actor="tests"
     )
     return created.endpoint.id
 
@@ -142,7 +142,7 @@ async def test_mistakes_are_one_line_and_exit_1(
     hook = await endpoint_of(db, config, acme)
     paused = await endpoint_of(db, config, acme)
     await emit(db, acme, "deposit.credited")
-    await endpoints.disable_endpoint(db, acme, paused)
+    await endpoints.disable_endpoint(db, acme, paused, actor="tests")
     (row,) = await outbox(db, paused)
     later = datetime.fromisoformat("2024-05-02T00:00:00+00:00")
     cases: list[tuple[tuple[str, ...], str]] = [

@@ -132,7 +132,9 @@ async def test_an_approved_hold_is_credited_whatever_the_limit(
     assert held.deposit is not None
     assert held.deposit.status is DepositStatus.HELD
     assert await available(db, merchant_id, "alice") == 0
-    decided = await review_deposit(db, limited, merchant_id, held.deposit.id, approve=True)
+    decided = await review_deposit(
+        db, limited, merchant_id, held.deposit.id, approve=True, actor="tests"
+    )
     assert decided.status is DepositStatus.CREDITED
     assert await available(db, merchant_id, "alice") == 500 * USDT
 

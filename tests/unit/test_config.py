@@ -468,3 +468,18 @@ def test_a_bad_kyc_limit_is_refused_naming_the_asset(
 ) -> None:
     text = CHAINS + USDT_ASSET + f"kyc_limits = {limits}\n"
     assert _refused(write(text)).startswith(expected)
+
+
+def test_retention_defaults_are_conservative_and_callbacks_outlive_the_reconcile_window() -> None:
+    retention = load_config(None, {}).retention
+    assert retention.enabled
+    days = (retention.inbound_callbacks_days, retention.delivery_attempts_days)
+    assert (*days, retention.events_days) == (90, 30, 365)
+    message = _refused(
+        None,
+        {"DEPOSITD_RETENTION__INBOUND_CALLBACKS_DAYS": "7", "DEPOSITD_RECONCILE__WINDOW_DAYS": "7"},
+    )
+    assert message.startswith("retention.inbound_callbacks_days: keep callbacks longer than")
+    assert _refused(None, {"DEPOSITD_RETENTION__EVENTS_DAYS": "0"}).startswith(
+        "retention.events_days: "
+    )

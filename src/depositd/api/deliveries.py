@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from depositd.api.deps import Context, MerchantId
+from depositd.api.deps import Caller, Context, MerchantId
 from depositd.api.routes import Cursor, Limit
 from depositd.api.schemas import Timestamp, problem_responses
 from depositd.services import deliveries
@@ -153,10 +153,10 @@ async def get_delivery(
     responses={409: problem_responses(409)[409]},
     summary="Send a delivery now, whatever its status (a dead one gets one more attempt)",
 )
-async def retry_delivery(
-    delivery_id: DeliveryId, merchant_id: MerchantId, ctx: Context
-) -> DeliveryOut:
-    retried = await deliveries.retry_delivery(ctx.db, merchant_id, delivery_id)
+async def retry_delivery(delivery_id: DeliveryId, caller: Caller, ctx: Context) -> DeliveryOut:
+    retried = await deliveries.retry_delivery(
+        ctx.db, caller.merchant_id, delivery_id, actor=caller.actor
+    )
     return DeliveryOut.model_validate(retried)
 
 
@@ -169,15 +169,16 @@ async def retry_delivery(
     f" {MAX_REPLAY_EVENTS:,} at once), spread out at a rate",
 )
 async def replay_endpoint(
-    endpoint_id: EndpointId, body: ReplayIn, merchant_id: MerchantId, ctx: Context
+    endpoint_id: EndpointId, body: ReplayIn, caller: Caller, ctx: Context
 ) -> ReplayOut:
     replayed = await deliveries.replay_endpoint(
         ctx.db,
-        merchant_id,
+        caller.merchant_id,
         endpoint_id,
         after_seq=body.after_seq,
         created_from=body.from_,
         created_to=body.to,
         rate_per_second=body.rate_per_second,
+        actor=caller.actor,
     )
     return ReplayOut.model_validate(replayed)

@@ -1,4 +1,5 @@
-"""Request dependencies: the application context, the calling merchant, the reader's language."""
+"""Request dependencies: the application context, the calling merchant (and the key it used),
+the reader's language."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from depositd.services.callbacks import (
 from depositd.services.end_users import EndUsers
 from depositd.services.group_commit import Recorder
 from depositd.services.kyc import Kyc
-from depositd.services.merchants import authenticate
+from depositd.services.merchants import KeyHolder, authenticate
 from depositd.services.status_links import StatusLinks
 
 
@@ -76,15 +77,26 @@ async def context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(context)]
 
 
-async def merchant(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The merchant whose API key authorises this request."""
+async def key_holder(
+    ctx: Context, authorization: Annotated[str | None, Header()] = None
+) -> KeyHolder:
+    """The merchant whose API key authorises this request, and the key (audited actions
+    name it as their actor)."""
     secret = _bearer(authorization)
     if secret is None:
         raise unauthorized("send 'Authorization: Bearer <api key>'")
-    merchant_id = await authenticate(ctx.db, secret)
-    if merchant_id is None:
+    holder = await authenticate(ctx.db, secret)
+    if holder is None:
         raise unauthorized("the API key is unknown or revoked")
-    return merchant_id
+    return holder
+
+
+Caller = Annotated[KeyHolder, Depends(key_holder)]
+
+
+async def merchant(holder: Caller) -> str:
+    """The merchant whose API key authorises this request."""
+    return holder.merchant_id
 
 
 MerchantId = Annotated[str, Depends(merchant)]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from depositd.api.deps import Context, MerchantId
+from depositd.api.deps import Caller, Context, MerchantId
 from depositd.api.endpoint_schemas import (
     EndpointIn,
     EndpointList,
@@ -35,17 +35,16 @@ EndpointId = Annotated[str, Path(max_length=40, description="the endpoint's id (
     status_code=status.HTTP_201_CREATED,
     summary="Register a webhook endpoint; the answer holds its secret, shown only this once",
 )
-async def create_endpoint(
-    body: EndpointIn, merchant_id: MerchantId, ctx: Context
-) -> EndpointWithSecretOut:
+async def create_endpoint(body: EndpointIn, caller: Caller, ctx: Context) -> EndpointWithSecretOut:
     created = await endpoints.create_endpoint(
         ctx.db,
         ctx.delivery,
-        merchant_id,
+        caller.merchant_id,
         body.url,
         fallback_urls=body.fallback_urls,
         event_types=body.event_types,
         description=body.description,
+        actor=caller.actor,
     )
     return _with_secret(created)
 
@@ -71,17 +70,18 @@ async def get_endpoint(
     summary="Change an endpoint's URLs, event types or description",
 )
 async def update_endpoint(
-    endpoint_id: EndpointId, body: EndpointPatch, merchant_id: MerchantId, ctx: Context
+    endpoint_id: EndpointId, body: EndpointPatch, caller: Caller, ctx: Context
 ) -> EndpointOut:
     changed = await endpoints.update_endpoint(
         ctx.db,
         ctx.delivery,
-        merchant_id,
+        caller.merchant_id,
         endpoint_id,
         url=body.url,
         fallback_urls=body.fallback_urls,
         event_types=body.event_types,
         description=body.description,
+        actor=caller.actor,
     )
     return EndpointOut.of(changed, utcnow())
 
@@ -92,8 +92,8 @@ async def update_endpoint(
     response_class=Response,
     summary="Delete an endpoint; its pending deliveries are dropped, never sent",
 )
-async def delete_endpoint(endpoint_id: EndpointId, merchant_id: MerchantId, ctx: Context) -> None:
-    await endpoints.delete_endpoint(ctx.db, merchant_id, endpoint_id)
+async def delete_endpoint(endpoint_id: EndpointId, caller: Caller, ctx: Context) -> None:
+    await endpoints.delete_endpoint(ctx.db, caller.merchant_id, endpoint_id, actor=caller.actor)
 
 
 @router.post(
@@ -101,10 +101,10 @@ async def delete_endpoint(endpoint_id: EndpointId, merchant_id: MerchantId, ctx:
     response_model=EndpointOut,
     summary="Stop sending to an endpoint (queued deliveries wait until it is enabled)",
 )
-async def disable_endpoint(
-    endpoint_id: EndpointId, merchant_id: MerchantId, ctx: Context
-) -> EndpointOut:
-    found = await endpoints.disable_endpoint(ctx.db, merchant_id, endpoint_id)
+async def disable_endpoint(endpoint_id: EndpointId, caller: Caller, ctx: Context) -> EndpointOut:
+    found = await endpoints.disable_endpoint(
+        ctx.db, caller.merchant_id, endpoint_id, actor=caller.actor
+    )
     return EndpointOut.of(found, utcnow())
 
 
@@ -113,10 +113,10 @@ async def disable_endpoint(
     response_model=EndpointOut,
     summary="Send to an endpoint again, its failure count reset and its circuit closed",
 )
-async def enable_endpoint(
-    endpoint_id: EndpointId, merchant_id: MerchantId, ctx: Context
-) -> EndpointOut:
-    found = await endpoints.enable_endpoint(ctx.db, merchant_id, endpoint_id)
+async def enable_endpoint(endpoint_id: EndpointId, caller: Caller, ctx: Context) -> EndpointOut:
+    found = await endpoints.enable_endpoint(
+        ctx.db, caller.merchant_id, endpoint_id, actor=caller.actor
+    )
     return EndpointOut.of(found, utcnow())
 
 
@@ -128,7 +128,7 @@ async def enable_endpoint(
 )
 async def rotate_secret(
     endpoint_id: EndpointId,
-    merchant_id: MerchantId,
+    caller: Caller,
     ctx: Context,
     body: RotateIn | None = None,
 ) -> EndpointWithSecretOut:
@@ -136,7 +136,7 @@ async def rotate_secret(
     if body is not None and body.grace_hours is not None:
         hours = body.grace_hours
     rotated = await endpoints.rotate_secret(
-        ctx.db, merchant_id, endpoint_id, timedelta(hours=hours)
+        ctx.db, caller.merchant_id, endpoint_id, timedelta(hours=hours), actor=caller.actor
     )
     return _with_secret(rotated)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from depositd.api.deps import Context, MerchantId
+from depositd.api.deps import Caller, Context, MerchantId
 from depositd.api.end_user_schemas import KycApproveIn, KycPage, KycRejectIn, KycReviewOut
 from depositd.api.routes import Cursor, Limit
 from depositd.api.schemas import problem_responses
@@ -52,9 +52,12 @@ async def get_submission(
     summary="Approve: the user is raised to the level granted",
 )
 async def approve_submission(
-    submission_id: SubmissionId, body: KycApproveIn, merchant_id: MerchantId, ctx: Context
+    submission_id: SubmissionId, body: KycApproveIn, caller: Caller, ctx: Context
 ) -> KycReviewOut:
-    return KycReviewOut.of_review(await ctx.kyc.approve(merchant_id, submission_id, body.level))
+    decided = await ctx.kyc.approve(
+        caller.merchant_id, submission_id, body.level, actor=caller.actor
+    )
+    return KycReviewOut.of_review(decided)
 
 
 @router.post(
@@ -64,6 +67,9 @@ async def approve_submission(
     summary="Reject with a reason the user sees",
 )
 async def reject_submission(
-    submission_id: SubmissionId, body: KycRejectIn, merchant_id: MerchantId, ctx: Context
+    submission_id: SubmissionId, body: KycRejectIn, caller: Caller, ctx: Context
 ) -> KycReviewOut:
-    return KycReviewOut.of_review(await ctx.kyc.reject(merchant_id, submission_id, body.reason))
+    decided = await ctx.kyc.reject(
+        caller.merchant_id, submission_id, body.reason, actor=caller.actor
+    )
+    return KycReviewOut.of_review(decided)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from depositd.api.deps import AppContext, Context, Language, MerchantId
+from depositd.api.deps import AppContext, Caller, Context, Language, MerchantId
 from depositd.api.schemas import (
     EXTERNAL_ID,
     AddressIn,
@@ -38,6 +38,7 @@ from depositd.domain.money import format_amount, parse_amount
 from depositd.errors import NotFound
 from depositd.qr import qr_svg
 from depositd.services import addresses, orders, queries, reviews, users
+from depositd.services.merchants import KeyHolder
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 404, 413, 422))
 
@@ -214,9 +215,9 @@ DepositIdPath = Annotated[str, Path(max_length=40)]
     responses=NOT_HELD,
 )
 async def approve_deposit(
-    deposit_id: DepositIdPath, merchant_id: MerchantId, ctx: Context, language: Language
+    deposit_id: DepositIdPath, caller: Caller, ctx: Context, language: Language
 ) -> DepositOut:
-    return await _review(ctx, merchant_id, deposit_id, language, approve=True)
+    return await _review(ctx, caller, deposit_id, language, approve=True)
 
 
 @router.post(
@@ -227,16 +228,16 @@ async def approve_deposit(
     responses=NOT_HELD,
 )
 async def reject_deposit(
-    deposit_id: DepositIdPath, merchant_id: MerchantId, ctx: Context, language: Language
+    deposit_id: DepositIdPath, caller: Caller, ctx: Context, language: Language
 ) -> DepositOut:
-    return await _review(ctx, merchant_id, deposit_id, language, approve=False)
+    return await _review(ctx, caller, deposit_id, language, approve=False)
 
 
 async def _review(
-    ctx: AppContext, merchant_id: str, deposit_id: str, language: str, *, approve: bool
+    ctx: AppContext, caller: KeyHolder, deposit_id: str, language: str, *, approve: bool
 ) -> DepositOut:
     decided = await reviews.review_deposit(
-        ctx.db, ctx.assets, merchant_id, deposit_id, approve=approve
+        ctx.db, ctx.assets, caller.merchant_id, deposit_id, approve=approve, actor=caller.actor
     )
     return DepositOut.of(decided, ctx.assets[decided.asset], language)
 

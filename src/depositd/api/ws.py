@@ -108,10 +108,11 @@ async def _authenticate(
         if found is None:
             return None
         secret = found
-    merchant_id = await authenticate(ctx.db, secret.strip())
-    if merchant_id is None:
+    holder = await authenticate(ctx.db, secret.strip())
+    if holder is None:
         await _close(websocket, CLOSE_UNAUTHORIZED, "the API key is unknown or revoked")
-    return merchant_id
+        return None
+    return holder.merchant_id
 
 
 async def _key_from_first_message(websocket: WebSocket, patience: float) -> str | None:

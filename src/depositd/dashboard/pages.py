@@ -177,6 +177,11 @@ def _back(fields: dict[str, str], default: str, **outcome: str) -> Response:
     return guard(RedirectResponse(f"{target.split('?')[0]}?{query}", 303))
 
 
+def _actor(session: SignedIn) -> str:
+    """Who the audit log names for an operator's action in the dashboard."""
+    return f"operator:{session.operator.id}"
+
+
 def _error(exc: DepositdError) -> str:
     return quote(str(exc)[:300], safe="")
 
@@ -187,7 +192,10 @@ async def retry(request: Request, delivery_id: int) -> Response:
     fields = await checked_form(request, session)
     try:
         await deliveries.retry_delivery(
-            context(request).db, session.operator.merchant_id, delivery_id
+            context(request).db,
+            session.operator.merchant_id,
+            delivery_id,
+            actor=_actor(session),
         )
     except DepositdError as exc:
         return _back(fields, "/dashboard/deliveries", error=_error(exc))
@@ -201,7 +209,11 @@ async def replay(request: Request, endpoint_id: str) -> Response:
     try:
         after = int(fields.get("after_seq", ""))
         await deliveries.replay_endpoint(
-            context(request).db, session.operator.merchant_id, endpoint_id, after_seq=after
+            context(request).db,
+            session.operator.merchant_id,
+            endpoint_id,
+            after_seq=after,
+            actor=_actor(session),
         )
     except ValueError:
         return _back(fields, "/dashboard/endpoints", error="seq%3A%20a%20number")
@@ -216,7 +228,12 @@ async def _review(request: Request, deposit_id: str, *, approve: bool) -> Respon
     ctx = context(request)
     try:
         await reviews.review_deposit(
-            ctx.db, ctx.assets, session.operator.merchant_id, deposit_id, approve=approve
+            ctx.db,
+            ctx.assets,
+            session.operator.merchant_id,
+            deposit_id,
+            approve=approve,
+            actor=_actor(session),
         )
     except DepositdError as exc:
         return _back(fields, "/dashboard/holds", error=_error(exc))

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from sqlalchemy.engine import Connection
 
+from depositd.db.audit import append_sync, pg_append
 from depositd.db.callbacks import PG_MARK_PROCESSED, Outcome, pg_mark_arguments
 from depositd.db.engine import Database
 from depositd.db.repositories import (
@@ -35,6 +36,7 @@ from depositd.db.repositories import (
     deposit_row,
 )
 from depositd.db.transient import RetryTransaction
+from depositd.domain.audit import AuditEntry, AuditRecord
 from depositd.domain.deposits import ChainRef, DepositState
 from depositd.domain.events import PendingEvent
 from depositd.domain.ledger import Entry
@@ -80,6 +82,9 @@ class RecordingStore(Protocol):
 
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         """Mark the stored callbacks whose claims this transaction records as processed."""
+
+    async def append_audit(self, entry: AuditEntry, now: datetime) -> AuditRecord:
+        """Append to the audit log in this transaction (an operator's decision recorded here)."""
 
     async def commit(self) -> None: ...
 
@@ -387,6 +392,9 @@ class _SqliteStore:
         firsts = [(*row, stamp) for row in screening.first_rows()]
         await self._in_thread(self._executemany, _SQLITE_SAVE_HISTORY, histories)
         await self._in_thread(self._executemany, _SQLITE_SAVE_FIRST_DEPOSITS, firsts)
+
+    async def append_audit(self, entry: AuditEntry, now: datetime) -> AuditRecord:
+        return await self._in_thread(append_sync, self.conn, entry, now)
 
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         rows = [(_sqlite_stamp(now), deposit_id, result, callback_id)
@@ -830,6 +838,9 @@ class _PostgresStore:
         firsts = screening.first_rows()
         if firsts:
             await self._conn.execute(_PG_SAVE_FIRST_DEPOSITS, *_transposed(firsts, 2), now)
+
+    async def append_audit(self, entry: AuditEntry, now: datetime) -> AuditRecord:
+        return await pg_append(self._conn, entry, now)
 
     async def mark_callbacks(self, outcomes: Sequence[Outcome]) -> None:
         await self._conn.execute(PG_MARK_PROCESSED, *pg_mark_arguments(outcomes))

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Row,
@@ -91,22 +91,26 @@ class MerchantRepository:
         )
         return bool(result.rowcount)
 
-    async def merchant_for_key(self, key_hash: str) -> str | None:
+    async def key_holder(self, key_hash: str) -> Row[Any] | None:
+        """The active key with this hash: its ``merchant_id`` and ``id``."""
         result = await self._conn.execute(
-            select(api_keys.c.merchant_id).where(
+            select(api_keys.c.merchant_id, api_keys.c.id).where(
                 api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
             )
         )
-        return result.scalar_one_or_none()
+        return cast(Row[Any] | None, result.one_or_none())
 
-    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
-        """Revoke the key; False if there is no such key or it was already revoked."""
+    async def revoke_api_key(self, key_id: str, now: datetime) -> str | None:
+        """Revoke the key: its merchant, or None if there is no such key or it was already
+        revoked."""
         result = await self._conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=now)
+            .returning(api_keys.c.merchant_id)
         )
-        return bool(result.rowcount)
+        merchant_id: str | None = result.scalar_one_or_none()
+        return merchant_id
 
 
 class AddressTaken(Exception):
@@ -595,21 +599,26 @@ class EventRepository:
         ``after`` must itself be such a seq. The counter is gap-free and advances in the
         transaction that inserts its events, so when every seq of the span past ``after`` has
         its event, all of them are committed (``delivery.hub`` builds its horizon on this).
+        Seqs retention purged count as committed: they were.
         """
         result = await self._conn.execute(
-            select(event_counter.c.last_seq).where(event_counter.c.id == 1)
+            select(event_counter.c.last_seq, event_counter.c.purged_through).where(
+                event_counter.c.id == 1
+            )
         )
-        last = int(result.scalar_one_or_none() or 0)
+        counter = result.one_or_none()
+        last, purged = (0, 0) if counter is None else (counter.last_seq, counter.purged_through)
         upper = last if step is None else min(last, after + step)
         if upper <= after:
             return after, True
-        span = (events.c.seq > after, events.c.seq <= upper)
+        lowest = min(max(after, purged), upper)
+        span = (events.c.seq > lowest, events.c.seq <= upper)
         result = await self._conn.execute(select(func.count()).select_from(events).where(*span))
-        if result.scalar_one() == upper - after:
+        if result.scalar_one() == upper - lowest:
             return upper, True
         # a seq in the span is taken but not committed yet: stop just below the first hole
         result = await self._conn.execute(select(events.c.seq).where(*span).order_by(events.c.seq))
-        reached = after
+        reached = lowest
         for seq in result.scalars():
             if seq != reached + 1:
                 break
@@ -622,9 +631,16 @@ class EventRepository:
         )
         return result.all()
 
-    async def all_seqs(self) -> list[int]:
-        result = await self._conn.execute(select(events.c.seq).order_by(events.c.seq))
-        return list(result.scalars())
+    async def all_seqs(self) -> tuple[int, list[int]]:
+        """The seq retention purged through, and every seq above it."""
+        result = await self._conn.execute(
+            select(event_counter.c.purged_through).where(event_counter.c.id == 1)
+        )
+        purged = int(result.scalar_one_or_none() or 0)
+        result = await self._conn.execute(
+            select(events.c.seq).where(events.c.seq > purged).order_by(events.c.seq)
+        )
+        return purged, list(result.scalars())
 
 
 #: ``disabled_reason`` of an endpoint its merchant deleted: kept (disabled) for the history of

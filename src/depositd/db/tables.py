@@ -262,6 +262,8 @@ event_counter = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("last_seq", BigInteger, nullable=False),
+    #: retention removed every event up to this seq (and none above it)
+    Column("purged_through", BigInteger, nullable=False, server_default="0"),
 )
 
 endpoints = Table(
@@ -563,4 +565,34 @@ operator_sessions = Table(
     _ts("created_at"),
     _ts("expires_at"),
     _ts("revoked_at", nullable=True),
+)
+
+#: security and operator actions, hash-chained (``domain.audit``): appended in the
+#: transaction of the action itself, never changed or expired
+audit_log = Table(
+    "audit_log",
+    metadata,
+    #: 1, 2, 3, ... without gaps, assigned in the appending transaction
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    _ts("at"),
+    Column("merchant_id", String(40), nullable=True),
+    #: ``api_key:<key id>``, ``cli`` or ``worker``
+    Column("actor", String(80), nullable=False),
+    Column("action", String(60), nullable=False),
+    #: the id acted on
+    Column("subject", String(200), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index(None, "merchant_id", "seq"),
+)
+
+#: one row: the last record appended to ``audit_log``. Its row lock orders appenders, so the
+#: chain never forks; verification compares it with the log's last row (a deleted tail shows)
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )

@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depositd.db.alerts import AlertRepository
+from depositd.db.audit import AuditRepository
 from depositd.db.callbacks import CallbackRepository
 from depositd.db.dashboard import DashboardRepository
 from depositd.db.end_users import EndUserRepository, KycRepository
@@ -23,14 +24,15 @@ from depositd.db.repositories import (
     OrderRepository,
     UserRepository,
 )
+from depositd.db.retention import RetentionRepository
 
 
 class UnitOfWork:
     """``async with UnitOfWork(db, write=True) as uow: ...; await uow.commit()``.
 
-    Everything a use case changes — deposit state, ledger entries, events, outbox rows — goes
-    through one connection in one transaction. Leaving the block without ``commit()`` (an
-    exception, an early return) rolls everything back.
+    Everything a use case changes — deposit state, ledger entries, events, outbox rows, its
+    audit record — goes through one connection in one transaction. Leaving the block without
+    ``commit()`` (an exception, an early return) rolls everything back.
     """
 
     def __init__(self, db: Database, *, write: bool) -> None:
@@ -61,6 +63,8 @@ class UnitOfWork:
         self.alerts = AlertRepository(conn)
         self.operators = OperatorRepository(conn)
         self.dashboard = DashboardRepository(conn)
+        self.audit = AuditRepository(conn)
+        self.retention = RetentionRepository(conn)
         return self
 
     async def commit(self) -> None:

@@ -21,6 +21,8 @@ say while it was disabled) and starts afresh, its attempts counted from zero so 
 gets the whole retry schedule (the attempt log keeps the earlier attempts, so its numbering
 starts again after a replay). Row ``i`` is due ``i / rate`` seconds from now: the sender
 claims by due time, so live deliveries (due at once) keep going out between them.
+
+Retries and replays are appended to the audit log, by ``actor``, in their own transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from depositd.db.outbox import PENDING
 from depositd.db.repositories import ENDPOINT_DELETED
 from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
+from depositd.domain.audit import AuditEntry
 from depositd.errors import InputError, NotFound
 from depositd.services.endpoints import EndpointDisabled
 from depositd.services.queries import InvalidCursor, Page, decode_cursor, encode_cursor
@@ -173,6 +176,7 @@ async def retry_delivery(
     merchant_id: str | None,
     delivery_id: int,
     *,
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> Delivery:
     """Make the delivery due now (see the module docstring); ``EndpointDisabled`` when its
@@ -192,8 +196,15 @@ async def retry_delivery(
                     f"endpoint {row.endpoint_id} is disabled ({row.endpoint_disabled_reason});"
                     " enable it to retry its deliveries"
                 )
-            await uow.deliveries.make_due(delivery_id, clock())
+            now = clock()
+            await uow.deliveries.make_due(delivery_id, now)
             changed = await uow.deliveries.get(merchant_id, delivery_id)
+            details = {"endpoint_id": row.endpoint_id, "event_seq": row.event_seq,
+                       "status_before": row.status, "attempts": row.attempts}  # fmt: skip
+            entry = AuditEntry(
+                actor, "delivery.retried", str(delivery_id), row.merchant_id, details
+            )
+            await uow.audit.append(entry, now)
             await uow.commit()
         assert changed is not None
         return _delivery(changed)
@@ -210,6 +221,7 @@ async def replay_endpoint(
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     rate_per_second: float = DEFAULT_REPLAY_RATE,
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> Replayed:
     """Queue again the endpoint's events after ``after_seq``, or created in
@@ -247,6 +259,14 @@ async def replay_endpoint(
                 for i, row in enumerate(found)
             ]
             await uow.deliveries.requeue(endpoint_id, due, now)
+            asked = {
+                "after_seq": after_seq,
+                "from": None if created_from is None else created_from.isoformat(),
+                "to": None if created_to is None else created_to.isoformat(),
+                "queued": len(due),
+            }
+            entry = AuditEntry(actor, "endpoint.replayed", endpoint_id, endpoint.merchant_id, asked)
+            await uow.audit.append(entry, now)
             await uow.commit()
         return Replayed(
             endpoint_id=endpoint_id,

@@ -7,6 +7,8 @@ and on rotation); it is never read back.
 Delete is soft: the endpoint is disabled with the reason ``deleted`` and hidden, and its
 pending deliveries become ``dead`` (``last_error`` "endpoint deleted"), so none is sent
 afterwards while the delivery history that references the endpoint stays intact.
+
+Each change is appended to the audit log, by ``actor``, in the transaction that makes it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from depositd.clock import utcnow
 from depositd.config import DeliveryConfig
@@ -23,6 +27,7 @@ from depositd.db.transient import retry_transient
 from depositd.db.uow import UnitOfWork
 from depositd.delivery.signing import new_secret
 from depositd.delivery.ssrf import check_url
+from depositd.domain.audit import AuditEntry
 from depositd.domain.events import EVENT_TYPES, endpoint_event
 from depositd.errors import Conflict, InputError, NotFound
 from depositd.ids import new_id
@@ -72,6 +77,7 @@ async def create_endpoint(
     fallback_urls: Sequence[str] = (),
     event_types: Sequence[str] = (ALL_EVENTS,),
     description: str = "",
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> EndpointWithSecret:
     """Register an endpoint for the merchant's events; its secret is in the answer only."""
@@ -79,17 +85,24 @@ async def create_endpoint(
     subscriptions = _subscriptions(event_types)
     endpoint_id, secret = new_id("end"), new_secret()
     async with UnitOfWork(db, write=True) as uow:
+        now = clock()
         await uow.endpoints.add(
             endpoint_id,
             merchant_id,
             url,
             subscriptions,
-            clock(),
+            now,
             fallback_urls=fallbacks,
             description=description,
             secret=secret,
         )
         endpoint = await uow.endpoints.get(merchant_id, endpoint_id)
+        details = {
+            "url": _without_query(url),
+            "fallback_urls": [_without_query(u) for u in fallbacks],
+            "event_types": subscriptions,
+        }
+        await _audit(uow, actor, "endpoint.created", merchant_id, endpoint_id, now, details)
         await uow.commit()
     assert endpoint is not None
     return EndpointWithSecret(endpoint, secret)
@@ -115,6 +128,7 @@ async def update_endpoint(
     fallback_urls: Sequence[str] | None = None,
     event_types: Sequence[str] | None = None,
     description: str | None = None,
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> Endpoint:
     """Change the fields given (None: keep); ``event_types`` replaces the subscriptions."""
@@ -131,10 +145,11 @@ async def update_endpoint(
             current.url if new_url is None else new_url,
             current.fallback_urls if new_fallbacks is None else new_fallbacks,
         )
+        now = clock()
         await uow.endpoints.update(
             merchant_id,
             endpoint_id,
-            clock(),
+            now,
             url=new_url,
             fallback_urls=new_fallbacks,
             description=description,
@@ -142,47 +157,83 @@ async def update_endpoint(
         if subscriptions is not None:
             await uow.endpoints.set_event_types(endpoint_id, subscriptions)
         endpoint = await uow.endpoints.get(merchant_id, endpoint_id)
+        changed: dict[str, Any] = {}
+        if new_url is not None:
+            changed["url"] = _without_query(new_url)
+        if new_fallbacks is not None:
+            changed["fallback_urls"] = [_without_query(u) for u in new_fallbacks]
+        if subscriptions is not None:
+            changed["event_types"] = subscriptions
+        if description is not None:
+            changed["description"] = description
+        await _audit(uow, actor, "endpoint.updated", merchant_id, endpoint_id, now, changed)
         await uow.commit()
     return _found(endpoint, endpoint_id)
 
 
 async def delete_endpoint(
-    db: Database, merchant_id: str, endpoint_id: str, *, clock: Callable[[], datetime] = utcnow
+    db: Database,
+    merchant_id: str,
+    endpoint_id: str,
+    *,
+    actor: str,
+    clock: Callable[[], datetime] = utcnow,
 ) -> None:
     """Delete the endpoint (soft, see the module docstring): nothing more is sent to it."""
 
     async def delete() -> bool:
         async with UnitOfWork(db, write=True) as uow:
-            deleted = await uow.endpoints.delete(merchant_id, endpoint_id, clock())
+            now = clock()
+            if not await uow.endpoints.delete(merchant_id, endpoint_id, now):
+                return False
+            await _audit(uow, actor, "endpoint.deleted", merchant_id, endpoint_id, now)
             await uow.commit()
-        return deleted
+        return True
 
     if not await retry_transient(delete):
         raise NotFound(f"no endpoint {endpoint_id}")
 
 
 async def disable_endpoint(
-    db: Database, merchant_id: str, endpoint_id: str, *, clock: Callable[[], datetime] = utcnow
+    db: Database,
+    merchant_id: str,
+    endpoint_id: str,
+    *,
+    actor: str,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Endpoint:
     """Stop sending to the endpoint; events meanwhile are not queued for it.
 
     Deliveries already queued wait, and go out once it is enabled again. An endpoint that is
-    already disabled (say, after sustained failure) keeps the reason it was disabled for.
+    already disabled (say, after sustained failure) keeps the reason it was disabled for
+    (and nothing is audited: nothing changed).
     """
     async with UnitOfWork(db, write=True) as uow:
-        await uow.endpoints.disable(merchant_id, endpoint_id, DISABLED_BY_MERCHANT, clock())
-        endpoint = await uow.endpoints.get(merchant_id, endpoint_id)
+        now = clock()
+        disabled = await uow.endpoints.disable(merchant_id, endpoint_id, DISABLED_BY_MERCHANT, now)
+        endpoint = _found(await uow.endpoints.get(merchant_id, endpoint_id), endpoint_id)
+        if disabled:
+            await _audit(uow, actor, "endpoint.disabled", merchant_id, endpoint_id, now)
         await uow.commit()
-    return _found(endpoint, endpoint_id)
+    return endpoint
 
 
 async def enable_endpoint(
-    db: Database, merchant_id: str, endpoint_id: str, *, clock: Callable[[], datetime] = utcnow
+    db: Database,
+    merchant_id: str,
+    endpoint_id: str,
+    *,
+    actor: str,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Endpoint:
     """Send to the endpoint again, starting afresh: no failure streak, circuit closed."""
     async with UnitOfWork(db, write=True) as uow:
-        await uow.endpoints.enable(merchant_id, endpoint_id, clock())
+        now = clock()
+        before = _found(await uow.endpoints.get(merchant_id, endpoint_id, lock=True), endpoint_id)
+        await uow.endpoints.enable(merchant_id, endpoint_id, now)
         endpoint = await uow.endpoints.get(merchant_id, endpoint_id)
+        details = {"was_disabled": before.disabled_reason}
+        await _audit(uow, actor, "endpoint.enabled", merchant_id, endpoint_id, now, details)
         await uow.commit()
     return _found(endpoint, endpoint_id)
 
@@ -193,6 +244,7 @@ async def rotate_secret(
     endpoint_id: str,
     grace: timedelta,
     *,
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> EndpointWithSecret:
     """Give the endpoint a new secret; the old one keeps signing beside it for ``grace``.
@@ -207,9 +259,11 @@ async def rotate_secret(
         now = clock()
         until = now + grace if grace > timedelta(0) else None
         await uow.endpoints.rotate_secret(merchant_id, endpoint_id, secret, until, now)
-        endpoint = await uow.endpoints.get(merchant_id, endpoint_id)
+        endpoint = _found(await uow.endpoints.get(merchant_id, endpoint_id), endpoint_id)
+        details = {"grace_seconds": int(grace.total_seconds())}
+        await _audit(uow, actor, "endpoint.secret_rotated", merchant_id, endpoint_id, now, details)
         await uow.commit()
-    return EndpointWithSecret(_found(endpoint, endpoint_id), secret)
+    return EndpointWithSecret(endpoint, secret)
 
 
 async def send_test_event(
@@ -238,6 +292,24 @@ async def send_test_event(
         return QueuedTest(event.id, seq)
 
     return await retry_transient(queue)
+
+
+async def _audit(
+    uow: UnitOfWork,
+    actor: str,
+    action: str,
+    merchant_id: str,
+    endpoint_id: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await uow.audit.append(AuditEntry(actor, action, endpoint_id, merchant_id, details or {}), now)
+
+
+def _without_query(url: str) -> str:
+    """The URL as the audit log keeps it: a query string may carry the receiver's token."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def _found(endpoint: Endpoint | None, endpoint_id: str) -> Endpoint:

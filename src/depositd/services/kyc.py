@@ -3,7 +3,8 @@
 The personal fields are sealed (``depositd.sealing``) before they reach the database and
 opened only for the merchant's operators reviewing them. An approval sets the user's KYC
 level, which the engine's deposit limits read (``domain.limits``); a rejection carries a
-reason the user sees. One submission at a time waits for review.
+reason the user sees. One submission at a time waits for review. Each decision is appended
+to the audit log, by the reviewing operator's key, in the transaction that makes it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from depositd.clock import utcnow
 from depositd.db.end_users import APPROVED, PENDING, REJECTED, Account, Submission
 from depositd.db.engine import Database
 from depositd.db.uow import UnitOfWork
+from depositd.domain.audit import AuditEntry
 from depositd.errors import Conflict, DepositdError, InputError, NotFound
 from depositd.ids import new_id
 from depositd.sealing import Sealer
@@ -98,7 +100,9 @@ class Kyc:
             raise NotFound(f"no KYC submission {submission_id}")
         return self._open(found)
 
-    async def approve(self, merchant_id: str, submission_id: str, level: int | None) -> Reviewed:
+    async def approve(
+        self, merchant_id: str, submission_id: str, level: int | None, *, actor: str
+    ) -> Reviewed:
         """Grant ``level`` (default: the level asked for) and raise the user to it."""
         async with UnitOfWork(self.db, write=True) as uow:
             found = await self._pending(uow, merchant_id, submission_id)
@@ -107,22 +111,34 @@ class Kyc:
                 raise InvalidLevel("a granted level is between 1 and 100")
             account = await uow.end_users.get(found.end_user_id)
             assert account is not None
-            if not await uow.kyc.decide(
-                submission_id, APPROVED, self.clock(), granted_level=granted
-            ):
+            now = self.clock()
+            if not await uow.kyc.decide(submission_id, APPROVED, now, granted_level=granted):
                 raise KycDecided(f"{submission_id} was decided meanwhile")
             await uow.kyc.set_level(account.user_id, max(account.kyc_level, granted))
             decided = await uow.kyc.get(merchant_id, submission_id)
+            details = {"end_user_id": found.end_user_id, "asked_level": found.level,
+                       "granted_level": granted}  # fmt: skip
+            await uow.audit.append(
+                AuditEntry(actor, "kyc.approved", submission_id, merchant_id, details), now
+            )
             await uow.commit()
         assert decided is not None
         return self._open(decided)
 
-    async def reject(self, merchant_id: str, submission_id: str, reason: str) -> Reviewed:
+    async def reject(
+        self, merchant_id: str, submission_id: str, reason: str, *, actor: str
+    ) -> Reviewed:
         async with UnitOfWork(self.db, write=True) as uow:
-            await self._pending(uow, merchant_id, submission_id)
-            if not await uow.kyc.decide(submission_id, REJECTED, self.clock(), reason=reason):
+            found = await self._pending(uow, merchant_id, submission_id)
+            now = self.clock()
+            if not await uow.kyc.decide(submission_id, REJECTED, now, reason=reason):
                 raise KycDecided(f"{submission_id} was decided meanwhile")
             decided = await uow.kyc.get(merchant_id, submission_id)
+            # the reason is shown to the user and holds no personal field
+            details = {"end_user_id": found.end_user_id, "reason": reason}
+            await uow.audit.append(
+                AuditEntry(actor, "kyc.rejected", submission_id, merchant_id, details), now
+            )
             await uow.commit()
         assert decided is not None
         return self._open(decided)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.uow import UnitOfWork
+from depositd.domain.audit import CLI_ACTOR, AuditEntry, api_key_actor
 from depositd.errors import NotFound
 from depositd.ids import new_id
 
@@ -31,6 +32,19 @@ class IssuedKey:
     secret: str
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """Whom a request's API key authorises: the merchant, through which of its keys."""
+
+    merchant_id: str
+    key_id: str
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller."""
+        return api_key_actor(self.key_id)
+
+
 def hash_key(secret: str) -> str:
     # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force, and
     # every request can be authenticated without a slow password hash.
@@ -50,29 +64,39 @@ async def list_merchants(db: Database) -> list[Merchant]:
         return [Merchant(row.id, row.name) for row in await uow.merchants.all()]
 
 
-async def create_api_key(db: Database, merchant_id: str, label: str = "") -> IssuedKey:
+async def create_api_key(
+    db: Database, merchant_id: str, label: str = "", *, actor: str = CLI_ACTOR
+) -> IssuedKey:
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = IssuedKey(new_id("key"), merchant_id, secret)
+    prefix = secret[: len(KEY_PREFIX) + 6]
     async with UnitOfWork(db, write=True) as uow:
         if await uow.merchants.get(merchant_id) is None:
             raise NotFound(f"no merchant {merchant_id}")
-        await uow.merchants.add_api_key(
-            key.id, merchant_id, label, secret[: len(KEY_PREFIX) + 6], hash_key(secret), utcnow()
+        now = utcnow()
+        await uow.merchants.add_api_key(key.id, merchant_id, label, prefix, hash_key(secret), now)
+        details = {"label": label, "prefix": prefix}
+        await uow.audit.append(
+            AuditEntry(actor, "api_key.created", key.id, merchant_id, details), now
         )
         await uow.commit()
     return key
 
 
-async def revoke_api_key(db: Database, key_id: str) -> None:
+async def revoke_api_key(db: Database, key_id: str, *, actor: str = CLI_ACTOR) -> None:
     async with UnitOfWork(db, write=True) as uow:
-        if not await uow.merchants.revoke_api_key(key_id, utcnow()):
+        now = utcnow()
+        merchant_id = await uow.merchants.revoke_api_key(key_id, now)
+        if merchant_id is None:
             raise NotFound(f"no active API key {key_id}")
+        await uow.audit.append(AuditEntry(actor, "api_key.revoked", key_id, merchant_id), now)
         await uow.commit()
 
 
-async def authenticate(db: Database, secret: str) -> str | None:
-    """The merchant an API key belongs to, or None for an unknown or revoked key."""
+async def authenticate(db: Database, secret: str) -> KeyHolder | None:
+    """The merchant and key an API key is, or None for an unknown or revoked key."""
     if not secret.startswith(KEY_PREFIX):
         return None
     async with UnitOfWork(db, write=False) as uow:
-        return await uow.merchants.merchant_for_key(hash_key(secret))
+        row = await uow.merchants.key_holder(hash_key(secret))
+    return None if row is None else KeyHolder(row.merchant_id, row.id)

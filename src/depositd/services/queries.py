@@ -201,14 +201,13 @@ async def audit_ledger(db: Database) -> LedgerAudit:
     async with UnitOfWork(db, write=False) as uow:
         accounts = await uow.accounts.audit()
         unbalanced = await uow.accounts.unbalanced_postings()
-        seqs = await uow.events.all_seqs()
-    gaps = _gaps(seqs)
+        purged, seqs = await uow.events.all_seqs()
+    gaps = _gaps(seqs, purged + 1)
     mismatched = [a for a in accounts if a.cached is not None and a.cached != a.summed]
     return LedgerAudit(accounts, mismatched, unbalanced, gaps)
 
 
-def _gaps(seqs: Sequence[int]) -> list[int]:
-    expected = 1
+def _gaps(seqs: Sequence[int], expected: int) -> list[int]:
     missing: list[int] = []
     for seq in seqs:
         missing.extend(range(expected, seq))

@@ -1,8 +1,8 @@
 """A reviewer's decision on a held deposit: approve (credit it) or reject it for good.
 
 The decision is one more transition of the deposit, recorded like every other: the deposit
-row, its ledger credit (on approval), its event and the deliveries to subscribed endpoints, in
-one transaction.
+row, its ledger credit (on approval), its event and the deliveries to subscribed endpoints,
+and the decision's audit record, in one transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from depositd.db.recording import open_recording
 from depositd.db.transient import retry_transient
 from depositd.domain import deposits as machine
 from depositd.domain.assets import AssetBook
+from depositd.domain.audit import AuditEntry
 from depositd.domain.deposits import DepositState, DepositStatus
 from depositd.domain.events import deposit_event
 from depositd.domain.ledger import postings_for
@@ -36,6 +37,7 @@ async def review_deposit(
     deposit_id: str,
     *,
     approve: bool,
+    actor: str,
     clock: Callable[[], datetime] = utcnow,
 ) -> DepositState:
     """Approve or reject one of ``merchant_id``'s held deposits; the deposit afterwards.
@@ -60,6 +62,10 @@ async def review_deposit(
             if transition.posting is not None:
                 postings = [(decided.id, e) for e in postings_for(decided, transition.posting)]
             event = deposit_event(new_id("evt"), decided, assets[decided.asset])
+            action = "deposit.approved" if approve else "deposit.rejected"
+            details = {"held_for": current.reason.code, "status": decided.status.value}
+            entry = AuditEntry(actor, action, decided.id, merchant_id, details)
+            await store.append_audit(entry, now)
             await store.post_and_append(postings, [event], now)
             await store.commit()
         announce_events(db)

@@ -24,6 +24,7 @@ from depositd.workers.callbacks import sweep_callbacks_forever
 from depositd.workers.leadership import while_leading
 from depositd.workers.orders import expire_orders_forever
 from depositd.workers.reconciler import reconcile_forever
+from depositd.workers.retention import purge_forever
 from depositd.workers.sender import Sender
 from depositd.workers.watcher import ChainWatcher, WatcherStatus
 
@@ -68,8 +69,8 @@ class Supervisor:
 
 class Workers:
     """Every background loop the configuration asks for: a watcher per chain with a node
-    URL, the webhook sender, the deposit order expiry sweeper, the callback sweep and the
-    reconciler."""
+    URL, the webhook sender, the deposit order expiry sweeper, the callback sweep, the
+    reconciler and the retention job (unless ``retention.enabled`` is false)."""
 
     def __init__(
         self,
@@ -127,6 +128,10 @@ class Workers:
             self._supervisor.start(
                 "callbacks",
                 lambda: sweep_callbacks_forever(self._db, self._assets, self._config),
+            )
+        if "retention" in self.roles and self._config.retention.enabled:
+            self._supervisor.start(
+                "retention", lambda: purge_forever(self._db, self._config.retention)
             )
 
         if "alerts" in self.roles and self._config.alerts.enabled:
