@@ -786,11 +786,15 @@ class Chaos:
 
     def candidates(self) -> list[Member]:
         """The running processes, but never the last one of its kind still running: the
-        soak tests failover between replicas and between workers, not a total outage."""
-        members = self.cluster.members
-        running = Counter(m.kind for m in members if m.ready)
-        size = Counter(m.kind for m in members)
-        return [m for m in members if m.ready and (running[m.kind] > 1 or size[m.kind] == 1)]
+        soak tests failover between replicas and between workers, not a total outage. A
+        process counts as running once its window is over: nginx keeps a restarted replica
+        out of rotation for a few seconds after it failed to reach it."""
+        now = time.time()
+        down = {w.member for w in self.timeline.windows if w.end is None or w.end > now}
+        members = [m for m in self.cluster.members if m.ready and m.name not in down]
+        running = Counter(m.kind for m in members)
+        size = Counter(m.kind for m in self.cluster.members)
+        return [m for m in members if running[m.kind] > 1 or size[m.kind] == 1]
 
     async def _restart(self, victim: Member, window: Window) -> None:
         await asyncio.sleep(self.restart_after)
