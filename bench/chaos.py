@@ -10,9 +10,9 @@ receivers (normal; flapping: 500 with Retry-After: 1 for 2 s of every 10 s; slow
 answer) deduplicating by webhook-id, two WebSocket clients on /v1/ws through nginx resuming
 with after=<last seq>. Every --kill-every seconds (0.5x to 1.5x, drawn from --seed) one running
 depositd process is SIGKILLed and started again a second later — never the last running one
-of its kind. A kill window lasts from the kill until the process answers again plus 5 s
-(nginx's fail_timeout). After the chaos, a bounded drain; then it checks, straight from the
-tables:
+of its kind (a restarted one counts as running once its window is over). A kill window
+lasts from the kill until the process answers again plus 5 s (nginx's fail_timeout). After
+the chaos, a bounded drain; then it checks, straight from the tables:
 
   * every transfer sent on chain credited exactly once, at its amount;
   * every acknowledged provider deposit credited exactly once, nothing else credited;
