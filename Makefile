@@ -5,6 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 ANVIL   := node_modules/.bin/anvil
 CHROMIUM := /usr/bin/chromium
+NGINX   := /usr/sbin/nginx
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test check lint fmt install postgres bench
@@ -28,12 +29,18 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei
 
+# nginx in front of the API replicas in the chaos soak (tests/chaos, bench/chaos.py): Debian's,
+# started by the soak itself on free ports with a config of its own
+$(NGINX):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq nginx
+
 ## run depositd on embedded defaults (SQLite under ./var/, demo merchant, example requests)
 dev: install
 	$(BIN)/depositd dev
 
 ## install what is missing, start PostgreSQL if needed, lint, type-check, run every test
-test: install $(CHROMIUM) postgres lint
+test: install $(CHROMIUM) $(NGINX) postgres lint
 	$(BIN)/pytest
 
 ## lint, type-check and test (PostgreSQL must be running)

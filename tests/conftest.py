@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -119,11 +120,12 @@ def assets(config: Config) -> AssetBook:
     return config.asset_book()
 
 
-@pytest.fixture(scope="session")
-async def pg_url() -> AsyncIterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+@contextlib.asynccontextmanager
+async def fresh_pg_database(prefix: str = "depositd_test") -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database on ``PG_ADMIN_URL``'s server; its URL. Dropped
+    afterwards, with any connection still open to it."""
     admin = make_url(PG_ADMIN_URL)
-    name = f"depositd_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn)
     try:
@@ -131,15 +133,24 @@ async def pg_url() -> AsyncIterator[str]:
     finally:
         await conn.close()
     url = admin.set(database=name).render_as_string(hide_password=False)
-    db = Database(url)
-    await upgrade(db)
-    await db.dispose()
-    yield url
-    conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db = Database(url)
+        await upgrade(db)
+        await db.dispose()
+        yield url
     finally:
-        await conn.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    async with fresh_pg_database() as url:
+        yield url
 
 
 async def reset(db: Database) -> None:

@@ -196,12 +196,14 @@ async def simulate(
         for code, text in amounts.items():
             asset = assets[code]
             amount = parse_amount(text, asset.decimals)
-            sent.append(DemoDeposit(asset, amount, await _pay(rpc, asset, address.address, amount)))
+            sent.append(DemoDeposit(asset, amount, await pay(rpc, asset, address.address, amount)))
             say(f"sent {text} {asset.symbol}: tx {sent[-1].tx_hash}")
     return await _follow(db, merchant_id, sent, say, timeout_seconds)
 
 
-async def _pay(rpc: EvmRpc, asset: Asset, to: str, amount: int) -> str:
+async def pay(rpc: EvmRpc, asset: Asset, to: str, amount: int) -> str:
+    """Send ``amount`` of ``asset`` to ``to`` from a funded dev account; the transaction hash
+    (sent, not yet mined)."""
     if asset.contract is None:
         tx = {"from": PAYER, "to": to, "value": hex(amount)}
     else:
