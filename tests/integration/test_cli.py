@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from depositd.cli import DEV_XPUB
 from depositd.db.engine import Database
+from depositd.db.tables import audit_log
 
 
 def depositd(
@@ -148,3 +150,9 @@ async def test_operators_add_reads_the_password_from_stdin(db: Database, tmp_pat
     weak = add("new@acme.example", "short")
     assert weak.returncode == 1
     assert "at least 10 characters" in weak.stderr
+    # a new operator is a security action: audited, with who did it and never the password
+    async with db.reader.connect() as conn:
+        rows = (await conn.execute(select(audit_log).order_by(audit_log.c.seq))).all()
+    assert [(r.actor, r.action, r.subject, r.details) for r in rows] == [
+        ("cli", "operator.created", session.operator.id, {"email": "ops@acme.example"})
+    ]

@@ -18,6 +18,7 @@ from depositd.clock import utcnow
 from depositd.db.engine import Database
 from depositd.db.operators import Operator
 from depositd.db.uow import UnitOfWork
+from depositd.domain.audit import CLI_ACTOR, AuditEntry
 from depositd.domain.credentials import check_password, normalize_email
 from depositd.errors import Conflict, DepositdError, InputError, NotFound
 from depositd.ids import new_id
@@ -50,6 +51,7 @@ async def add_operator(
     password: str,
     *,
     reset_password: bool = False,
+    actor: str = CLI_ACTOR,
     clock: Callable[[], datetime] = utcnow,
 ) -> Operator:
     """A new operator of ``merchant_id``; ``OperatorExists`` when the address is taken, unless
@@ -63,10 +65,16 @@ async def add_operator(
         existing = await uow.operators.by_email(address)
         if existing is not None and not (reset_password and existing.merchant_id == merchant_id):
             raise OperatorExists(f"{address} is already an operator")
+        now = clock()
         if existing is not None:
             await uow.operators.set_password(existing.id, password_hash)
+            action, operator_id = "operator.password_reset", existing.id
         else:
-            await uow.operators.add(new_id("op"), merchant_id, address, password_hash, clock())
+            operator_id = new_id("op")
+            await uow.operators.add(operator_id, merchant_id, address, password_hash, now)
+            action = "operator.created"
+        details = {"email": address}
+        await uow.audit.append(AuditEntry(actor, action, operator_id, merchant_id, details), now)
         found = await uow.operators.by_email(address)
         await uow.commit()
     assert found is not None
