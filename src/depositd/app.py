@@ -117,6 +117,7 @@ def create_app(
     me.install(app)
     dashboard_auth.install(app, config.dashboard.session_hours)
     app.state.reconcile_window_days = config.reconcile.window_days
+    app.state.reconcile_sla_seconds = config.reconcile.sla_seconds
 
     # routes are matched in the order they are added: health checks first, each included
     # router is a step for every request after it (provider callbacks are served before

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from sqlalchemy import update
 
-from depositd.config import Config, StatusApiConfig
+from depositd.config import CallbacksConfig, Config, StatusApiConfig
 from depositd.db.engine import Database
 from depositd.db.tables import accounts
 from depositd.services.reconcile import Mismatch, Recovered, reconcile
@@ -171,3 +171,26 @@ async def test_the_reconcile_command_exits_1_when_something_disagrees(
     assert (negative.returncode, negative.stderr.strip()) == (
         1, "depositd: --sla-seconds '-1': must not be negative"
     )  # fmt: skip
+
+
+async def test_a_claim_still_settling_is_not_a_mismatch_until_the_sla_passes(
+    db: Database, config: Config, merchant_id: str, status_api: StatusApi
+) -> None:
+    # acknowledged and stored, its recording not done yet (no inline processing here): the
+    # workers' sweep or the reconciler will record it; until the SLA it is not a disagreement
+    changed = with_status_api(config, merchant_id, status_api).model_copy(
+        update={"callbacks": CallbacksConfig(process_inline=False)}
+    )
+    async with client_for(db, changed) as client:
+        stranger = payload("evt-2", "CONFIRMED", id="dep-88", customer="mallory", amount="7")
+        answer = await Setup(db, merchant_id, client, inline=False).post(stranger, signed(stranger))
+        assert answer.status_code == 200
+    assets = changed.asset_book()
+    now = datetime.now(UTC)
+    settling = await reconcile(db, changed, assets, clock=lambda: now)
+    assert settling.mismatches == []
+    # past the SLA it still is not credited (an unknown user): now it is reported
+    overdue = await reconcile(db, changed, assets, clock=lambda: now + timedelta(minutes=11))
+    assert Mismatch("provider_claim", "custody:dep-88", "credited", "missing") in (
+        overdue.mismatches
+    )

@@ -75,7 +75,8 @@ async def overview(request: Request) -> Response:
     ctx = context(request)
     merchant_id = session.operator.merchant_id
     window = timedelta(days=request.app.state.reconcile_window_days)
-    report = await dashboard.reconciliation(ctx.db, ctx.providers, merchant_id, window)
+    sla = timedelta(seconds=request.app.state.reconcile_sla_seconds)
+    report = await dashboard.reconciliation(ctx.db, ctx.providers, merchant_id, window, sla)
     return _view(
         request,
         session,
@@ -163,8 +164,9 @@ async def reconciliation_page(request: Request) -> Response:
     session = await signed_in(request)
     ctx = context(request)
     window = timedelta(days=request.app.state.reconcile_window_days)
+    sla = timedelta(seconds=request.app.state.reconcile_sla_seconds)
     report = await dashboard.reconciliation(
-        ctx.db, ctx.providers, session.operator.merchant_id, window
+        ctx.db, ctx.providers, session.operator.merchant_id, window, sla
     )
     return _view(request, session, "reconciliation.html", "reconciliation", report=report)
 

@@ -95,13 +95,13 @@ class CallbackRepository:
         return [Unprocessed(r.id, r.provider, r.merchant_id, r.claim, r.attempts) for r in rows]
 
     async def claims_since(
-        self, since: datetime, merchant_id: str | None = None
+        self, since: datetime, until: datetime, merchant_id: str | None = None
     ) -> list[Unprocessed]:
-        """Every accepted callback received since then (for ``merchant_id``, if given), in
-        the order received."""
+        """Every accepted callback received from ``since`` to before ``until`` (for
+        ``merchant_id``, if given), in the order received."""
         c = inbound_callbacks.c
         query = select(c.id, c.provider, c.merchant_id, c.claim, c.attempts).where(
-            c.outcome == ACCEPTED, c.received_at >= since
+            c.outcome == ACCEPTED, c.received_at >= since, c.received_at < until
         )
         if merchant_id is not None:
             query = query.where(c.merchant_id == merchant_id)

@@ -147,10 +147,13 @@ async def reconciliation(
     providers: Mapping[str, Provider],
     merchant_id: str,
     window: timedelta,
+    sla: timedelta,
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> ReconciliationView:
-    """The sums that disagree for the merchant, as of now (no provider is asked anything)."""
-    since = clock() - window
-    mismatches = await compare_sums(db, providers, since, merchant_id=merchant_id)
+    """The sums that disagree for the merchant, as of now (no provider is asked anything;
+    claims younger than ``sla`` may still be settling and are left out)."""
+    now = clock()
+    since = now - window
+    mismatches = await compare_sums(db, providers, since, now - sla, merchant_id=merchant_id)
     return ReconciliationView(since, mismatches)

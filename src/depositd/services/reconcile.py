@@ -142,7 +142,7 @@ async def reconcile(
                     db, config, assets, provider, client, recorder, verifier, clock() - sla,
                     clock() - window, report,
                 )  # fmt: skip
-        report.mismatches = await compare_sums(db, providers, clock() - window)
+        report.mismatches = await compare_sums(db, providers, clock() - window, clock() - sla)
     finally:
         await client.close()
         await verifier.close()
@@ -207,11 +207,17 @@ async def compare_sums(
     db: Database,
     providers: Mapping[str, Provider],
     since: datetime,
+    settled_before: datetime,
     *,
     merchant_id: str | None = None,
 ) -> list[Mismatch]:
     """What disagrees: account caches, postings, and providers' claims against credits
-    (with ``merchant_id``: that merchant's only). Reads only: safe to run at any time."""
+    (with ``merchant_id``: that merchant's only). Reads only: safe to run at any time.
+
+    Claims are those received from ``since`` to before ``settled_before`` (now less the SLA):
+    a claim younger than that may still be on its way (acknowledged, its recording not yet
+    committed; a chain deposit waiting for our node's confirmations), which is not a
+    disagreement."""
     found: list[Mismatch] = []
     async with UnitOfWork(db, write=False) as uow:
         for audit in await uow.accounts.audit(merchant_id):
@@ -221,7 +227,7 @@ async def compare_sums(
         for deposit_id, kind, generation in await uow.accounts.unbalanced_postings(merchant_id):
             found.append(Mismatch("unbalanced_posting", f"{deposit_id}:{kind}:{generation}",
                                   "0", "not 0"))  # fmt: skip
-        claims = await uow.callbacks.claims_since(since, merchant_id)
+        claims = await uow.callbacks.claims_since(since, settled_before, merchant_id)
         latest: dict[tuple[str, str, str], ProviderClaim] = {}
         for callback in claims:
             claim = ProviderClaim.from_dict(callback.claim)
