@@ -19,12 +19,10 @@ from datetime import datetime, timedelta
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
-from depositd.db.repositories import ENDPOINT_DELETED
-from depositd.db.tables import deliveries, deposits, endpoints
+from depositd.db.uow import UnitOfWork
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -111,39 +109,11 @@ async def read_figures(
     """``stuck_after``: deposits pending or confirming with no change for this long count
     as stuck."""
     now = now or utcnow()
-    live = endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED)
-    async with db.reader.connect() as conn:
-        disabled = await conn.scalar(
-            select(func.count()).where(endpoints.c.disabled_at.is_not(None), live)
-        )
-        dead = await conn.scalar(
-            select(func.count()).select_from(deliveries).where(deliveries.c.status == "dead")
-        )
-        stuck = await conn.scalar(
-            select(func.count()).where(
-                deposits.c.status.in_(("pending", "confirming")),
-                deposits.c.updated_at < now - stuck_after,
-            )
-        )
-        by_status = await conn.execute(
-            select(deposits.c.status, func.count()).group_by(deposits.c.status)
-        )
-        pending = (
-            await conn.execute(
-                select(func.count(), func.min(deliveries.c.created_at)).where(
-                    deliveries.c.status == "pending"
-                )
-            )
-        ).one()
-    oldest = pending[1]  # aware: min() keeps the column's type
-    return DatabaseFigures(
-        deposits_by_status={status: count for status, count in by_status},
-        outbox_depth=int(pending[0]),
-        outbox_oldest_age_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
-        endpoints_disabled=int(disabled or 0),
-        deliveries_dead=int(dead or 0),
-        deposits_stuck=int(stuck or 0),
-    )
+    async with UnitOfWork(db, write=False) as uow:
+        found = await uow.ops.gauges(now - stuck_after)
+    oldest = found.pop("outbox_oldest")
+    age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    return DatabaseFigures(**found, outbox_oldest_age_seconds=age)
 
 
 class _Snapshot(Collector):

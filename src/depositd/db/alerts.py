@@ -7,10 +7,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from depositd.db.tables import alerts
+from depositd.db.repositories import ENDPOINT_DELETED
+from depositd.db.tables import (
+    alerts,
+    deliveries,
+    delivery_attempts,
+    deposits,
+    endpoints,
+    events,
+    inbound_callbacks,
+)
+
+#: an endpoint its merchant has not deleted
+_LIVE = endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED)
+_STUCK = deposits.c.status.in_(("pending", "confirming"))
 
 
 @dataclass(frozen=True)
@@ -100,3 +113,110 @@ class AlertRepository:
         if row.resolved_at is not None:
             values["resolve_notified_at"] = now
         await self._conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
+
+
+class OpsRepository:
+    """What the alert rules and the scrape-time gauges read: counts, grouped by what is in
+    trouble."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def _rows(self, stmt: Select[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._conn.execute(stmt)]
+
+    async def delivery_attempts(self, since: datetime) -> list[tuple[Any, ...]]:
+        """(endpoint id, merchant id, attempts, failed attempts) since then, per endpoint."""
+        failed = func.sum(case((delivery_attempts.c.status_code.between(200, 299), 0), else_=1))
+        return await self._rows(
+            select(endpoints.c.id, endpoints.c.merchant_id, func.count(), failed)
+            .select_from(
+                delivery_attempts.join(
+                    deliveries, deliveries.c.id == delivery_attempts.c.delivery_id
+                ).join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
+            )
+            .where(delivery_attempts.c.created_at >= since)
+            .group_by(endpoints.c.id, endpoints.c.merchant_id)
+        )
+
+    async def callbacks(self, since: datetime) -> list[tuple[Any, ...]]:
+        """(provider, callbacks, rejected) received since then, per provider."""
+        rejected = func.sum(case((inbound_callbacks.c.outcome == "rejected", 1), else_=0))
+        return await self._rows(
+            select(inbound_callbacks.c.provider, func.count(), rejected)
+            .where(inbound_callbacks.c.received_at >= since)
+            .group_by(inbound_callbacks.c.provider)
+        )
+
+    async def disabled_endpoints(self) -> list[tuple[Any, ...]]:
+        """(endpoint id, merchant id, reason) of every disabled, not deleted, endpoint."""
+        stmt = select(endpoints.c.id, endpoints.c.merchant_id, endpoints.c.disabled_reason)
+        return await self._rows(stmt.where(endpoints.c.disabled_at.is_not(None), _LIVE))
+
+    async def dead_letters(self, since: datetime) -> list[tuple[Any, ...]]:
+        """(endpoint id, merchant id, deliveries) that gave up since then, per endpoint."""
+        return await self._rows(
+            select(endpoints.c.id, endpoints.c.merchant_id, func.count())
+            .select_from(deliveries.join(endpoints, endpoints.c.id == deliveries.c.endpoint_id))
+            .where(deliveries.c.status == "dead", deliveries.c.finished_at >= since, _LIVE)
+            .group_by(endpoints.c.id, endpoints.c.merchant_id)
+        )
+
+    async def stuck_deposits(self, before: datetime) -> list[tuple[Any, ...]]:
+        """(merchant id, deposits, oldest update) pending or confirming unchanged since
+        before then, per merchant."""
+        return await self._rows(
+            select(deposits.c.merchant_id, func.count(), func.min(deposits.c.updated_at))
+            .where(_STUCK, deposits.c.updated_at < before)
+            .group_by(deposits.c.merchant_id)
+        )
+
+    async def reversals(self, since: datetime) -> list[tuple[Any, ...]]:
+        """(merchant id, reversals, one deposit id) since then, per merchant."""
+        return await self._rows(
+            select(events.c.merchant_id, func.count(), func.max(events.c.deposit_id))
+            .where(events.c.type == "deposit.reversed", events.c.created_at >= since)
+            .group_by(events.c.merchant_id)
+        )
+
+    async def anomaly_holds(self) -> list[tuple[Any, ...]]:
+        """(merchant id, deposits) held by anomaly detection, per merchant."""
+        held = and_(deposits.c.status == "held", deposits.c.reason_code.like("anomaly_%"))
+        return await self._rows(
+            select(deposits.c.merchant_id, func.count())
+            .where(held)
+            .group_by(deposits.c.merchant_id)
+        )
+
+    async def gauges(self, stuck_before: datetime) -> dict[str, Any]:
+        """The whole deployment's states at scrape time (``metrics.DatabaseFigures``)."""
+        conn = self._conn
+        pending = (
+            await conn.execute(
+                select(func.count(), func.min(deliveries.c.created_at)).where(
+                    deliveries.c.status == "pending"
+                )
+            )
+        ).one()
+        by_status = await conn.execute(
+            select(deposits.c.status, func.count()).group_by(deposits.c.status)
+        )
+        dead = select(func.count()).select_from(deliveries).where(deliveries.c.status == "dead")
+        return {
+            "deposits_by_status": {status: count for status, count in by_status},
+            "outbox_depth": int(pending[0]),
+            "outbox_oldest": pending[1],  # aware: min() keeps the column's type
+            "endpoints_disabled": int(
+                await conn.scalar(
+                    select(func.count()).where(endpoints.c.disabled_at.is_not(None), _LIVE)
+                )
+                or 0
+            ),
+            "deliveries_dead": int(await conn.scalar(dead) or 0),
+            "deposits_stuck": int(
+                await conn.scalar(
+                    select(func.count()).where(_STUCK, deposits.c.updated_at < stuck_before)
+                )
+                or 0
+            ),
+        }

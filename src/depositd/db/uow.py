@@ -6,7 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from depositd.db.alerts import AlertRepository
+from depositd.db.alerts import AlertRepository, OpsRepository
 from depositd.db.audit import AuditRepository
 from depositd.db.callbacks import CallbackRepository
 from depositd.db.dashboard import DashboardRepository
@@ -61,6 +61,7 @@ class UnitOfWork:
         self.end_users = EndUserRepository(conn)
         self.kyc = KycRepository(conn)
         self.alerts = AlertRepository(conn)
+        self.ops = OpsRepository(conn)
         self.operators = OperatorRepository(conn)
         self.dashboard = DashboardRepository(conn)
         self.audit = AuditRepository(conn)

@@ -37,22 +37,12 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import and_, case, func, select
 
 from depositd import metrics
 from depositd.clock import utcnow
 from depositd.config import AlertsConfig
 from depositd.db.alerts import AlertRow
 from depositd.db.engine import Database
-from depositd.db.repositories import ENDPOINT_DELETED
-from depositd.db.tables import (
-    deliveries,
-    delivery_attempts,
-    deposits,
-    endpoints,
-    events,
-    inbound_callbacks,
-)
 from depositd.db.uow import UnitOfWork
 from depositd.delivery.poster import Poster
 from depositd.services.reconcile import Mismatch
@@ -104,20 +94,11 @@ async def conditions(
     now: datetime,
 ) -> list[Condition]:
     found: list[Condition] = []
+    window = f"in the last {settings.window_minutes:g} min"
     since = now - timedelta(minutes=settings.window_minutes)
-    async with db.reader.connect() as conn:
-        failed = func.sum(case((delivery_attempts.c.status_code.between(200, 299), 0), else_=1))
-        attempts = await conn.execute(
-            select(endpoints.c.id, endpoints.c.merchant_id, func.count(), failed)
-            .select_from(
-                delivery_attempts.join(
-                    deliveries, deliveries.c.id == delivery_attempts.c.delivery_id
-                ).join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
-            )
-            .where(delivery_attempts.c.created_at >= since)
-            .group_by(endpoints.c.id, endpoints.c.merchant_id)
-        )
-        for endpoint_id, merchant_id, total, failures in attempts:
+    async with UnitOfWork(db, write=False) as uow:
+        ops = uow.ops
+        for endpoint_id, merchant_id, total, failures in await ops.delivery_attempts(since):
             rate = (failures or 0) / total
             if total >= settings.delivery_min_attempts and rate >= settings.delivery_failure_rate:
                 found.append(
@@ -125,37 +106,24 @@ async def conditions(
                         "delivery_failure_rate",
                         endpoint_id,
                         f"endpoint {endpoint_id}: {failures} of {total} delivery attempts failed"
-                        f" in the last {settings.window_minutes:g} min",
+                        f" {window}",
                         merchant_id,
                         {"attempts": total, "failed": failures, "rate": round(rate, 3)},
                     )
                 )
-        rejected = func.sum(case((inbound_callbacks.c.outcome == "rejected", 1), else_=0))
-        received = await conn.execute(
-            select(inbound_callbacks.c.provider, func.count(), rejected)
-            .where(inbound_callbacks.c.received_at >= since)
-            .group_by(inbound_callbacks.c.provider)
-        )
-        for provider, total, refused in received:
+        for provider, total, refused in await ops.callbacks(since):
             rate = (refused or 0) / total
             if total >= settings.callback_min_count and rate >= settings.callback_rejection_rate:
                 found.append(
                     Condition(
                         "callback_rejection_rate",
                         provider,
-                        f"provider {provider}: {refused} of {total} callbacks rejected in the"
-                        f" last {settings.window_minutes:g} min",
+                        f"provider {provider}: {refused} of {total} callbacks rejected {window}",
                         None,
                         {"callbacks": total, "rejected": refused, "rate": round(rate, 3)},
                     )
                 )
-        live = endpoints.c.disabled_reason.is_distinct_from(ENDPOINT_DELETED)
-        disabled = await conn.execute(
-            select(endpoints.c.id, endpoints.c.merchant_id, endpoints.c.disabled_reason).where(
-                endpoints.c.disabled_at.is_not(None), live
-            )
-        )
-        for endpoint_id, merchant_id, reason in disabled:
+        for endpoint_id, merchant_id, reason in await ops.disabled_endpoints():
             found.append(
                 Condition(
                     "endpoint_disabled",
@@ -165,17 +133,8 @@ async def conditions(
                     {"reason": reason},
                 )
             )
-        dead = await conn.execute(
-            select(endpoints.c.id, endpoints.c.merchant_id, func.count())
-            .select_from(deliveries.join(endpoints, endpoints.c.id == deliveries.c.endpoint_id))
-            .where(
-                deliveries.c.status == "dead",
-                deliveries.c.finished_at >= now - timedelta(hours=settings.dead_letter_hours),
-                live,
-            )
-            .group_by(endpoints.c.id, endpoints.c.merchant_id)
-        )
-        for endpoint_id, merchant_id, count in dead:
+        dead_since = now - timedelta(hours=settings.dead_letter_hours)
+        for endpoint_id, merchant_id, count in await ops.dead_letters(dead_since):
             found.append(
                 Condition(
                     "dead_letters",
@@ -185,15 +144,8 @@ async def conditions(
                     {"dead": count},
                 )
             )
-        stuck = await conn.execute(
-            select(deposits.c.merchant_id, func.count(), func.min(deposits.c.updated_at))
-            .where(
-                deposits.c.status.in_(("pending", "confirming")),
-                deposits.c.updated_at < now - timedelta(minutes=settings.stuck_minutes),
-            )
-            .group_by(deposits.c.merchant_id)
-        )
-        for merchant_id, count, oldest in stuck:
+        stuck_before = now - timedelta(minutes=settings.stuck_minutes)
+        for merchant_id, count, oldest in await ops.stuck_deposits(stuck_before):
             found.append(
                 Condition(
                     "deposits_stuck",
@@ -204,15 +156,8 @@ async def conditions(
                     {"deposits": count, "oldest_update": oldest.isoformat()},
                 )
             )
-        reversed_ = await conn.execute(
-            select(events.c.merchant_id, func.count(), func.max(events.c.deposit_id))
-            .where(
-                events.c.type == "deposit.reversed",
-                events.c.created_at >= now - timedelta(minutes=settings.reversal_minutes),
-            )
-            .group_by(events.c.merchant_id)
-        )
-        for merchant_id, count, example in reversed_:
+        reversed_since = now - timedelta(minutes=settings.reversal_minutes)
+        for merchant_id, count, example in await ops.reversals(reversed_since):
             found.append(
                 Condition(
                     "deposit_reversed",
@@ -223,12 +168,7 @@ async def conditions(
                     {"deposits": count, "example": example},
                 )
             )
-        held = await conn.execute(
-            select(deposits.c.merchant_id, func.count())
-            .where(and_(deposits.c.status == "held", deposits.c.reason_code.like("anomaly_%")))
-            .group_by(deposits.c.merchant_id)
-        )
-        for merchant_id, count in held:
+        for merchant_id, count in await ops.anomaly_holds():
             found.append(
                 Condition(
                     "anomaly_holds",
