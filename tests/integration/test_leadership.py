@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import text
 
 from depositd.db.engine import Database
-from depositd.workers.leadership import while_leading
+from depositd.db.leadership import while_leading
 
 
 class Roles:

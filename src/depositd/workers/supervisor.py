@@ -11,6 +11,7 @@ import structlog
 
 from depositd.config import Config
 from depositd.db.engine import Database
+from depositd.db.leadership import while_leading
 from depositd.db.notify import wake_on_events
 from depositd.delivery.poster import HttpPoster
 from depositd.domain.assets import AssetBook
@@ -21,7 +22,6 @@ from depositd.workers import ROLES
 from depositd.workers.alerts import alerts_forever
 from depositd.workers.backoff import Backoff
 from depositd.workers.callbacks import sweep_callbacks_forever
-from depositd.workers.leadership import while_leading
 from depositd.workers.orders import expire_orders_forever
 from depositd.workers.reconciler import reconcile_forever
 from depositd.workers.retention import purge_forever
