@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -80,6 +81,36 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def depositd_serving(env: dict[str, str], log: Path, *options: str) -> Iterator[str]:
+    """``depositd serve`` on a free port with ``env`` (its output in ``log``) until the
+    block ends; yields its base URL once it answers ``/healthz``."""
+    port = free_port()
+    with log.open("ab") as out:
+        server = subprocess.Popen(  # noqa: S603 - our own command line
+            [sys.executable, "-m", "depositd.cli", "serve", "--port", str(port), *options],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")

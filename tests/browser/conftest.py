@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -22,7 +21,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from depositd.cli import DEV_XPUB
 
-from ..conftest import free_port
+from ..conftest import depositd_serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
@@ -93,33 +92,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, anvil_url: str) -> Iterator
     assert key is not None
     _cli(env, "operators", "add", "--merchant", merchant_id, "--email", OPERATOR,
          stdin=PASSWORD + "\n")  # fmt: skip
-    port = free_port()
     log = tmp / "server.log"
-    with log.open("ab") as out:
-        server = subprocess.Popen(  # noqa: S603 - our own command line
-            [sys.executable, "-m", "depositd.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+    with depositd_serving(env, log) as base_url:
         headers = {"authorization": f"Bearer {key.group(1)}"}
         with httpx.Client(base_url=base_url, headers=headers, timeout=10) as api:
             yield Served(base_url, merchant_id, api, anvil_url, log)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

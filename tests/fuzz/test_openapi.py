@@ -8,9 +8,6 @@ import asyncio
 import email
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ from depositd.devchain import DEMO_XPUB
 from depositd.sealing import Sealer
 from depositd.services import addresses, merchants, users
 
-from ..conftest import free_port
+from ..conftest import depositd_serving
 
 PASSWORD = "a long generated passphrase"
 
@@ -61,7 +58,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     where = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{where}/depositd.db"
     merchant_id, api_key = asyncio.run(_seed(url))
-    port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITD_")}
     environ.update(
         DEPOSITD_DATABASE__URL=url,
@@ -74,30 +70,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         DEPOSITD_CHAINS__ANVIL__WS_URL="",
     )
     environ = {k: v for k, v in environ.items() if v}
-    log = (where / "server.log").open("wb")
-    process = subprocess.Popen(  # noqa: S603 - our own command
-        [sys.executable, "-m", "depositd.cli", "serve", "--port", str(port), "--no-workers"],
-        env=environ,
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, (where / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+    with depositd_serving(environ, where / "server.log", "--no-workers") as base:
         yield Server(base, api_key, _session(base, merchant_id, where / "outbox"))
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
 
 
 def _session(base: str, merchant_id: str, outbox: Path) -> str:
