@@ -32,7 +32,6 @@ from depositd.errors import DepositdError, InputError
 from depositd.ids import new_id
 from depositd.mail import EmailSender, compose
 from depositd.services.passwords import (
-    ABSENT_HASH,
     digest,
     hash_password,
     needs_rehash,
@@ -165,7 +164,7 @@ class EndUsers:
         if locked_until is not None and locked_until > now:
             raise AccountLocked("too many failed logins; try again later", locked_until - now)
         matches = await asyncio.to_thread(
-            verify_password, account.password_hash if account else ABSENT_HASH, password
+            verify_password, account.password_hash if account else None, password
         )
         if account is None:
             raise LoginRefused("the email or the password is wrong")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from depositd.db.uow import UnitOfWork
 from depositd.domain.audit import CLI_ACTOR, AuditEntry, api_key_actor
 from depositd.errors import NotFound
 from depositd.ids import new_id
+from depositd.services.passwords import digest
 
 #: every key starts with this, so leaked keys are easy to spot by secret scanners
 KEY_PREFIX = "dpk_"
@@ -45,12 +45,6 @@ class KeyHolder:
         return api_key_actor(self.key_id)
 
 
-def hash_key(secret: str) -> str:
-    # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force, and
-    # every request can be authenticated without a slow password hash.
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 async def create_merchant(db: Database, name: str) -> Merchant:
     merchant = Merchant(new_id("mer"), name)
     async with UnitOfWork(db, write=True) as uow:
@@ -74,7 +68,7 @@ async def create_api_key(
         if await uow.merchants.get(merchant_id) is None:
             raise NotFound(f"no merchant {merchant_id}")
         now = utcnow()
-        await uow.merchants.add_api_key(key.id, merchant_id, label, prefix, hash_key(secret), now)
+        await uow.merchants.add_api_key(key.id, merchant_id, label, prefix, digest(secret), now)
         details = {"label": label, "prefix": prefix}
         await uow.audit.append(
             AuditEntry(actor, "api_key.created", key.id, merchant_id, details), now
@@ -98,5 +92,5 @@ async def authenticate(db: Database, secret: str) -> KeyHolder | None:
     if not secret.startswith(KEY_PREFIX):
         return None
     async with UnitOfWork(db, write=False) as uow:
-        row = await uow.merchants.key_holder(hash_key(secret))
+        row = await uow.merchants.key_holder(digest(secret))
     return None if row is None else KeyHolder(row.merchant_id, row.id)

@@ -22,7 +22,7 @@ from depositd.domain.audit import CLI_ACTOR, AuditEntry
 from depositd.domain.credentials import check_password, normalize_email
 from depositd.errors import Conflict, DepositdError, InputError, NotFound
 from depositd.ids import new_id
-from depositd.services.passwords import ABSENT_HASH, digest, hash_password, verify_password
+from depositd.services.passwords import digest, hash_password, verify_password
 
 #: how long a dashboard session lasts
 SESSION_HOURS = 12.0
@@ -98,7 +98,7 @@ async def login(
     if address is not None:
         async with UnitOfWork(db, write=False) as uow:
             operator = await uow.operators.by_email(address)
-    known = operator.password_hash if operator is not None else ABSENT_HASH
+    known = operator.password_hash if operator is not None else None
     matches = await asyncio.to_thread(verify_password, known, password)
     if operator is None or not matches:
         raise LoginRefused("the email or the password is wrong")
