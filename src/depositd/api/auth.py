@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from depositd.api.deps import Context, throttled
+from depositd.api.deps import Context, bearer_token, throttled
 from depositd.api.end_user_schemas import (
     EmailSentOut,
     LoginIn,
@@ -55,8 +55,8 @@ async def register(body: RegisterIn, ctx: Context) -> EmailSentOut:
     summary="Email a new verification token to an unverified account",
 )
 async def resend_verification(body: ResendIn, ctx: Context) -> EmailSentOut:
-    await ctx.end_users.resend_verification(body.merchant, body.email)
-    return EmailSentOut(email=body.email.strip().lower(), detail=SENT)
+    address = await ctx.end_users.resend_verification(body.merchant, body.email)
+    return EmailSentOut(email=address, detail=SENT)
 
 
 @router.post(
@@ -86,9 +86,9 @@ async def login(body: LoginIn, ctx: Context) -> SessionOut:
     summary="End the session whose token is sent",
 )
 async def logout(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> Response:
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        await ctx.end_users.logout(token.strip())
+    token = bearer_token(authorization)
+    if token is not None:
+        await ctx.end_users.logout(token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

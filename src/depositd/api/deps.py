@@ -82,7 +82,7 @@ async def key_holder(
 ) -> KeyHolder:
     """The merchant whose API key authorises this request, and the key (audited actions
     name it as their actor)."""
-    secret = _bearer(authorization)
+    secret = bearer_token(authorization)
     if secret is None:
         raise unauthorized("send 'Authorization: Bearer <api key>'")
     holder = await authenticate(ctx.db, secret)
@@ -102,7 +102,8 @@ async def merchant(holder: Caller) -> str:
 MerchantId = Annotated[str, Depends(merchant)]
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
     if authorization is None:
         return None
     scheme, _, secret = authorization.partition(" ")
@@ -113,7 +114,7 @@ def _bearer(authorization: str | None) -> str | None:
 
 async def end_user(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> Account:
     """The end user whose session token authorises this request."""
-    token = _bearer(authorization)
+    token = bearer_token(authorization)
     if token is None:
         raise unauthorized("send 'Authorization: Bearer <session token>' from /v1/auth/login")
     account = await ctx.end_users.authenticate(token)

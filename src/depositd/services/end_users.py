@@ -129,16 +129,18 @@ class EndUsers:
             await uow.commit()
         return token
 
-    async def resend_verification(self, merchant_id: str, email: str) -> None:
-        """A new verification token for an unverified account; nothing for any other address."""
+    async def resend_verification(self, merchant_id: str, email: str) -> str:
+        """A new verification token for an unverified account; nothing for any other address.
+        The address, as stored."""
         address = normalize_email(email)
         async with UnitOfWork(self.db, write=True) as uow:
             account = await uow.end_users.by_email(merchant_id, address)
             if account is None or account.email_verified_at is not None:
-                return
+                return address
             token = await self._new_token(uow, account.id)
             await uow.commit()
         await self._send_token(address, token)
+        return address
 
     async def verify_email(self, token: str) -> Account:
         now = self.clock()
