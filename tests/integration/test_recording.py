@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from depositd.clock import utcnow
+from depositd.db import recording
 from depositd.db.engine import Database
 from depositd.db.tables import endpoints, ledger_entries
 from depositd.db.uow import UnitOfWork
@@ -16,6 +17,7 @@ from depositd.ids import new_id
 from depositd.services import observations, queries, users
 from depositd.services.observations import record_observation, record_observations
 
+from ..conftest import fresh_pg_database
 from .helpers import CHAIN, ETH, eth_transfer, merchant_with_user
 
 
@@ -204,3 +206,31 @@ async def test_owners_survive_a_full_owner_cache(
             "dave",
         ]
     assert len(db.owner_cache) <= 3
+
+
+async def test_postgresql_locks_a_grown_table_by_its_index(assets: AssetBook) -> None:
+    """A statement prepared while a fresh database was empty keeps its plan as the table grows
+    only if PostgreSQL may switch it to a generic plan: that plan scanned every deposit to lock
+    a batch (3-9 ms a batch once a burst of callbacks had filled the table). The recording
+    path's connections plan each run for the table as it is."""
+    async with fresh_pg_database("depositd_plans") as url:
+        db = Database(url)
+        try:
+            _merchant_id, address = await merchant_with_user(db)
+            pool = await db.driver_pool()
+            async with pool.acquire() as conn:
+                batch = [f"nothing-{n}" for n in range(20)]
+                for _ in range(8):  # past the five runs after which a generic plan may stay
+                    await conn.fetch(recording.LOCK, batch)
+                grown = [eth_transfer(address, tx, 0) for tx in range(3000)]
+                await record_observations(db, assets, grown)
+                # this backend's counts not yet reported: none are, inside a transaction
+                scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'deposits'"
+                async with conn.transaction():
+                    before = await conn.fetchval(scans)
+                    locked = await conn.fetch(recording.LOCK, [grown[7].ref.key, *batch])
+                    after = await conn.fetchval(scans)
+            assert [row["identity"] for row in locked] == [grown[7].ref.key]
+            assert after - before == 0
+        finally:
+            await db.dispose()

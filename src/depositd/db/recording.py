@@ -557,7 +557,8 @@ def _balance_moves(
     return sorted(deltas), deltas, entry_of
 
 
-_LOCK = """
+# locks a batch of deposits by identity (named for the test of its plan)
+LOCK = """
 SELECT d.*, u.external_id
 FROM deposits d JOIN users u ON u.id = d.user_id
 WHERE d.identity = ANY($1::text[])
@@ -742,7 +743,7 @@ class _PostgresStore:
         self.committed = False
 
     async def lock(self, identities: Iterable[str]) -> dict[str, DepositState]:
-        rows = await self._conn.fetch(_LOCK, sorted(set(identities)))
+        rows = await self._conn.fetch(LOCK, sorted(set(identities)))
         return {row["identity"]: deposit_from_row(row) for row in rows}
 
     async def insert_new(self, new: Sequence[DepositState]) -> set[str]:
