@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from starlette.types import Receive, Scope, Send
 
 from depositd import __version__, metrics
 from depositd.api import auth, callbacks, deliveries, endpoints, kyc, me, problems, ws
@@ -35,6 +36,22 @@ from depositd.services.group_commit import Recorder
 from depositd.services.kyc import Kyc
 from depositd.services.status_links import StatusLinks
 from depositd.workers.supervisor import Workers
+
+
+class _Api(FastAPI):
+    """FastAPI behind two plain ASGI layers of ours: each request's id (``RequestIds``), then
+    provider callbacks (``callbacks.CallbackIngress``), served before the framework's own
+    middleware and routing; oversized callbacks are stored before they are refused, so the
+    body limit (``BodySizeLimit``, inside) never sees them."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._front = RequestIds(
+            callbacks.CallbackIngress(super().__call__, context=lambda: self.state.ctx)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
 
 
 def create_app(
@@ -75,7 +92,7 @@ def create_app(
             if on_shutdown is not None:
                 await on_shutdown()
 
-    app = FastAPI(
+    app = _Api(
         title="depositd",
         version=__version__,
         summary="Credit every crypto deposit exactly once and tell everyone who needs to know.",
@@ -194,9 +211,6 @@ def create_app(
     )
 
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_body_bytes)
-    # added late, so outside the rest: it stores oversized callbacks before refusing them
-    app.add_middleware(callbacks.CallbackIngress, context=lambda: app.state.ctx)
-    app.add_middleware(RequestIds)
     describe_openapi = app.openapi
 
     def openapi_with_callbacks() -> dict[str, Any]:
