@@ -91,6 +91,27 @@ async def test_group_commit_credits_once_and_isolates_a_bad_observation(
     assert (await queries.audit_ledger(db)).ok
 
 
+async def test_group_commit_batches_in_flight_together_credit_each_deposit_once(
+    db: Database, assets: AssetBook
+) -> None:
+    # small batches: a backlog of 4 starts a second batch while one is in flight, and every
+    # deposit is sent three times, so batches in flight together race on the same deposits
+    merchant_id, address = await merchant_with_user(db)
+    recorder = Recorder(db, assets, max_batch=32)
+    sent = [eth_transfer(address, tx % 100, 12) for tx in range(300)]
+
+    recorded = await asyncio.gather(*(recorder.record(obs) for obs in sent))
+
+    assert sum(r.changed for r in recorded) == 100
+    events = await queries.events_after(db, merchant_id, 0, 1000)
+    assert [e.seq for e in events] == list(range(1, 101))
+    assert [e.type for e in events] == ["deposit.credited"] * 100
+    assert ((await queries.user_balances(db, merchant_id, "alice")).balances)[
+        0
+    ].available == 100 * ETH
+    assert (await queries.audit_ledger(db)).ok
+
+
 async def test_concurrent_first_credits_of_a_new_merchant(db: Database, assets: AssetBook) -> None:
     # the merchant's external account does not exist yet: every writer tries to open it
     merchant_id, address = await merchant_with_user(db)

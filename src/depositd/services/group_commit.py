@@ -5,7 +5,12 @@ is held from the event append to the end of the commit, so one-per-transaction w
 behind each other's commits. A ``GroupCommit`` lets concurrent callers (provider callbacks, API
 requests) hand their item to one flusher that writes whatever has queued up as a batch, in
 order of arrival, and answers each caller once the batch is durable. At low load a batch is
-one item and nothing waits; under load, batches grow by themselves.
+one item and nothing waits; under load, batches grow by themselves. Once a backlog builds up
+behind a batch in flight, a second flusher writes the next batch meanwhile: the database
+works on one while this process prepares the other (a transaction's statements wait on each
+other, and on this process's event loop, so one batch at a time left both idle part of the
+time). Batches of concurrent flushers may commit in either order; every caller still learns
+its own item's result.
 
 A batch that fails because of one caller's input (a ``DepositdError``, say a conflicting
 amount) is retried one item per transaction, so that caller alone gets the error.
@@ -44,18 +49,25 @@ class GroupCommit(Generic[Item, Result]):
         write_batch: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
         *,
         max_batch: int = 256,
+        max_in_flight: int = 2,
     ) -> None:
         self._write_batch = write_batch
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        #: queued items that start another flusher while one is writing
+        self._backlog = max(1, max_batch // 8)
         self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         """Write ``item``; returns its result once it is committed (with others, maybe)."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        running = len(self._flushers)
+        if not running or (running < self._max_in_flight and len(self._queue) >= self._backlog):
+            flusher = asyncio.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         # the flusher finishes the batch even if this caller goes away
         return await asyncio.shield(future)
 
