@@ -141,6 +141,24 @@ async def test_every_answer_carries_a_request_id(app_client: httpx.AsyncClient) 
     assert kept.headers["x-request-id"] == "lb-7f3a"
     odd = await app_client.get("/healthz", headers={"x-request-id": "no spaces <allowed>"})
     assert odd.headers["x-request-id"].startswith("req_")
+    # provider callbacks are served in front of the framework, and still carry one
+    callback = await app_client.post("/v1/callbacks/nobody", content=b"{}")
+    assert callback.status_code == 404
+    assert callback.headers["x-request-id"].startswith("req_")
+
+
+async def test_an_unhandled_error_carries_a_request_id(db: Database, config: Config) -> None:
+    app = create_app(config, db)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://depositd.test") as client:
+        answer = await client.get("/boom", headers={"x-request-id": "lb-500"})
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "lb-500"
 
 
 @pytest.mark.parametrize("node", ["anvil", "down"])
