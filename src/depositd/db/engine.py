@@ -93,17 +93,20 @@ class Database:
 
     async def _create_driver_pool(self) -> asyncpg.Pool:
         dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        # Every execution is planned for its own arguments and the tables' current size.
-        # PostgreSQL's default (``auto``) switches a prepared statement to a generic plan after
-        # five runs and keeps it until the table is next analyzed: a plan made while a fresh
-        # database was empty (a sequential scan of ``deposits`` to lock a batch by identity)
-        # then stayed while the table grew, and a burst of callbacks spent 3-9 ms per batch in it.
+        # Statements are prepared again every second, so their plans follow the tables as they
+        # grow. PostgreSQL switches a prepared statement to a generic plan after five runs and
+        # keeps it until the table is next analyzed (autovacuum: a minute or more): a plan made
+        # while a fresh database was empty (a sequential scan of ``deposits`` to lock a batch by
+        # identity) stayed while a burst of callbacks filled the table, 3-9 ms a batch.
+        # ``plan_cache_mode = force_custom_plan`` would plan every run instead, but it applies
+        # to the foreign-key checks' own statements too: one planning per row checked, which
+        # doubled the ledger statement's time for a block's deposits.
         return await asyncpg.create_pool(
             dsn,
             min_size=1,
             max_size=self._pool_size,
             reset=_keep_session,
-            server_settings={"plan_cache_mode": "force_custom_plan"},
+            max_cached_statement_lifetime=STATEMENT_LIFETIME_SECONDS,
         )
 
     async def dispose(self) -> None:
@@ -154,6 +157,10 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
+
+
+#: how long the hot path keeps a prepared statement (and its plan) before preparing it again
+STATEMENT_LIFETIME_SECONDS = 1
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
