@@ -238,3 +238,27 @@ async def test_postgresql_locks_a_grown_table_by_its_index(assets: AssetBook) ->
             assert after - before == 0
         finally:
             await db.dispose()
+
+
+async def test_owners_already_remembered_survive_a_full_cache(
+    db: Database, assets: AssetBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cache of owners is emptied when it would grow past its limit; a batch whose other
+    # owners were remembered before must still find them
+    monkeypatch.setattr(observations, "_OWNER_CACHE_LIMIT", 2)
+    merchant_id, alice = await merchant_with_user(db, "alice")
+    bob = "0x" + "b0b".ljust(40, "0")
+    carol = "0x" + "ca201".ljust(40, "0")
+    await users.ensure_user(db, merchant_id, "bob")
+    await users.add_address(db, merchant_id, "bob", CHAIN, bob)
+    await users.ensure_user(db, merchant_id, "carol")
+    await users.add_address(db, merchant_id, "carol", CHAIN, carol)
+    await record_observation(db, assets, eth_transfer(alice, 1, 0))
+    await record_observation(db, assets, eth_transfer(bob, 2, 0))
+
+    recorded = await record_observations(
+        db, assets, [eth_transfer(alice, 3, 0), eth_transfer(carol, 4, 0)]
+    )
+
+    assert [r.changed for r in recorded] == [True, True]
+    assert len(db.owner_cache) == 1  # emptied, then carol's remembered

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
@@ -245,23 +245,42 @@ def _note(
     return len(batch.events) - 1
 
 
+async def remember_owners(db: Database, owners: Iterable[ToUser | ToAddress]) -> None:
+    """Look up the users these owners name now, for observations to be recorded soon (a chain
+    watcher's next range, read ahead while this one is recorded): their recording then finds
+    them remembered."""
+    await _look_up(db, {_owner_key(owner) for owner in owners})
+
+
+async def _look_up(db: Database, keys: set[OwnerKey]) -> dict[OwnerKey, Owner]:
+    """The users these keys name (unknown ones left out), remembered on ``db``.
+
+    Answers come from what this call saw, not from the cache afterwards: another lookup may
+    empty a full cache while this one waits for the database.
+    """
+    cache = db.owner_cache
+    known = {key: cache[key] for key in keys if key in cache}
+    missing = keys - known.keys()
+    if missing:
+        found = await find_owners(db, missing)
+        if len(cache) + len(found) > _OWNER_CACHE_LIMIT:
+            cache.clear()
+        cache.update(found)
+        known.update(found)
+    return known
+
+
 async def _owners(db: Database, observations: Sequence[Observation]) -> list[Owner]:
     """The owning user of each observation.
 
     Addresses and external ids never change owner, so answers are remembered on ``db`` and
     the write transaction does not pay for the lookup.
     """
-    cache = db.owner_cache
     keys = [_owner_key(obs.owner) for obs in observations]
-    missing = {key for key in keys if key not in cache}
-    if missing:
-        found = await find_owners(db, missing)
-        if len(cache) + len(found) > _OWNER_CACHE_LIMIT:
-            cache.clear()  # before adding: this batch's owners must stay
-        cache.update(found)
+    known = await _look_up(db, set(keys))
     owners = []
     for obs, key in zip(observations, keys, strict=True):
-        owner = cache.get(key)
+        owner = known.get(key)
         if owner is None:
             if isinstance(obs.owner, ToUser):
                 raise UnknownOwner(f"no user {obs.owner.external_id!r}")
