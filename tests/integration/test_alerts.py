@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from depositd.config import AlertsConfig, Config
-from depositd.db.alerts import AlertRow
+from depositd.db.alerts import AlertRow, OpsRepository
 from depositd.db.engine import Database
 from depositd.db.tables import deliveries, delivery_attempts, deposits, inbound_callbacks
 from depositd.delivery.poster import HttpPoster
@@ -314,3 +314,45 @@ async def test_slack_compatible_json_reaches_the_ops_webhook(bench: Bench, serve
     ]
     last = json.loads(receiver.received[-1][1])
     assert last["attachments"][0]["color"] == "good"
+
+
+#: each rule's query and the index that must serve it
+RULE_INDEXES = {
+    "callbacks": "ix_inbound_callbacks_received_at",
+    "delivery_attempts": "ix_delivery_attempts_created_at",
+    "dead_letters": "ix_deliveries_dead",
+    "stuck_deposits": "ix_deposits_open_updated",
+    "reversals": "ix_events_reversed",
+    "anomaly_holds": "ix_deposits_held",
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_INDEXES))
+async def test_each_rule_reads_through_its_index(db: Database, rule: str) -> None:
+    """The rules run every 15 s: with a table scan each, a deployment with millions of rows
+    would read them all every time. On PostgreSQL with table scans priced out, and on SQLite
+    as it plans, each rule's query names its index."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):  # not the connection's own set-up
+            seen.append((statement, parameters))
+
+    engine = db.reader.sync_engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        async with db.reader.connect() as conn:
+            query = getattr(OpsRepository(conn), rule)
+            await (query() if rule == "anomaly_holds" else query(datetime.now(UTC)))
+            [(statement, parameters)] = seen
+            if db.is_sqlite:
+                explain = "EXPLAIN QUERY PLAN "
+            else:
+                await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                explain = "EXPLAIN "
+            plan = [
+                str(row[-1]) for row in await conn.exec_driver_sql(explain + statement, parameters)
+            ]
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert any(RULE_INDEXES[rule] in line for line in plan), plan

@@ -79,6 +79,14 @@ def _ts(name: str, nullable: bool = False) -> Column[Any]:
     return Column(name, UtcDateTime(), nullable=nullable)
 
 
+# Conditions of partial indexes, as SQL text: a query uses such an index only when its own
+# condition names the same literal values (a bound parameter in their place would not do, on
+# PostgreSQL's generic plans and on SQLite alike): ``db.alerts`` writes these very strings.
+OPEN_DEPOSITS = "status IN ('pending', 'confirming')"
+HELD_DEPOSITS = "status = 'held'"
+REVERSALS = "type = 'deposit.reversed'"
+DEAD_DELIVERIES = "status = 'dead'"
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -174,6 +182,21 @@ deposits = Table(
     Index(None, "merchant_id", "status", "id"),
     # a deposit order's deposits: one user's deposits of one asset within a time window
     Index(None, "user_id", "asset", "created_at"),
+    #: the alert rules and the scrape: open deposits unchanged for long, held ones (by
+    #: merchant first: the rules count per merchant, and SQLite picks an index in that order)
+    Index(
+        "ix_deposits_open_updated",
+        "merchant_id",
+        "updated_at",
+        postgresql_where=text(OPEN_DEPOSITS),
+        sqlite_where=text(OPEN_DEPOSITS),
+    ),
+    Index(
+        "ix_deposits_held",
+        "merchant_id",
+        postgresql_where=text(HELD_DEPOSITS),
+        sqlite_where=text(HELD_DEPOSITS),
+    ),
 )
 
 #: requests that a user pay an asset before a deadline, to their deposit address (a deposit
@@ -254,6 +277,14 @@ events = Table(
     _ts("created_at"),
     UniqueConstraint("deposit_id", "version"),
     Index(None, "merchant_id", "seq"),
+    #: the alert rules: recent reversals
+    Index(
+        "ix_events_reversed",
+        "merchant_id",
+        "created_at",
+        postgresql_where=text(REVERSALS),
+        sqlite_where=text(REVERSALS),
+    ),
 )
 
 #: one row holding the last ``events.seq`` handed out; its row lock orders event writers
@@ -336,6 +367,13 @@ deliveries = Table(
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
+    #: the alert rules and the scrape: deliveries that gave up
+    Index(
+        "ix_deliveries_dead",
+        "finished_at",
+        postgresql_where=text(DEAD_DELIVERIES),
+        sqlite_where=text(DEAD_DELIVERIES),
+    ),
 )
 
 #: every attempt to deliver, kept for operators (and expired by retention)
@@ -354,6 +392,8 @@ delivery_attempts = Table(
     Column("error_class", String(60), nullable=True),
     Column("error", String(300), nullable=True),
     _ts("created_at"),
+    #: the alert rules: recent attempts
+    Index("ix_delivery_attempts_created_at", "created_at"),
 )
 
 #: the watcher's view of each chain's recent canonical blocks: the highest row is its cursor
@@ -419,6 +459,8 @@ inbound_callbacks = Table(
         sqlite_where=text("outcome = 'accepted' AND processed_at IS NULL"),
     ),
     Index(None, "merchant_id", "received_at"),
+    #: the alert rules: recent callbacks of every provider
+    Index("ix_inbound_callbacks_received_at", "received_at"),
 )
 
 #: end users who registered themselves (email and password), each one a merchant's user
