@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from depositd.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: how long the hot path keeps a prepared statement (and its plan) before preparing it again
+STATEMENT_LIFETIME_SECONDS = 1
 
 
 def _big_add(left: str | None, right: str | None) -> str | None:
@@ -157,10 +159,6 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
-
-
-#: how long the hot path keeps a prepared statement (and its plan) before preparing it again
-STATEMENT_LIFETIME_SECONDS = 1
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
@@ -243,13 +243,6 @@ def _note(
     batch.events.append(deposit_event(new_id("evt"), deposit, assets[deposit.asset]))
     batch.snapshots.append(deposit)
     return len(batch.events) - 1
-
-
-async def remember_owners(db: Database, owners: Iterable[ToUser | ToAddress]) -> None:
-    """Look up the users these owners name now, for observations to be recorded soon (a chain
-    watcher's next range, read ahead while this one is recorded): their recording then finds
-    them remembered."""
-    await _look_up(db, {_owner_key(owner) for owner in owners})
 
 
 async def _look_up(db: Database, keys: set[OwnerKey]) -> dict[OwnerKey, Owner]:
