@@ -11,9 +11,19 @@ from depositd.chain.evm import ChainMoved, ChainReader
 from depositd.db.engine import Database
 from depositd.db.repositories import DepositFilter
 from depositd.devchain import DEMO_XPUB
-from depositd.services import addresses, merchants, orders, queries, users
+from depositd.services import addresses, merchants, observations, orders, queries, users
 
-from .chain import CHAIN, ETH, USDT, assets_for, balance, live_chain, statuses, user_with_address
+from .chain import (
+    CHAIN,
+    ETH,
+    USDT,
+    assets_for,
+    balance,
+    fresh_address,
+    live_chain,
+    statuses,
+    user_with_address,
+)
 from .evm import DEPLOYER, send_eth
 
 
@@ -210,3 +220,31 @@ async def test_a_reorg_under_a_range_read_ahead_is_caught(db: Database, anvil_ur
         (block,) = await ChainReader(chain.rpc).headers([head])
         assert block is not None
         assert watcher._window[-1].hash == block.hash
+
+
+async def test_the_watcher_records_deposits_to_its_addresses_without_looking_up_owners(
+    db: Database, anvil_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it loads each address with its owner; an address made after it started is picked up
+    # with its owner by the round's refresh
+    asked: list[object] = []
+    real_find_owners = observations.find_owners
+
+    async def find_owners(db: Database, keys: object) -> object:
+        asked.append(keys)
+        return await real_find_owners(db, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(observations, "find_owners", find_owners)
+    async with live_chain(anvil_url) as chain:
+        merchant_id, alice = await user_with_address(db)
+        watcher = chain.watcher(db, assets_for(chain.token, confirmations=0))
+        await watcher.step()
+        await users.ensure_user(db, merchant_id, "bob")
+        bob = fresh_address()
+        await users.add_address(db, merchant_id, "bob", CHAIN, bob)
+        await send_eth(chain.rpc, alice, 2 * ETH)
+        await send_eth(chain.rpc, bob, 3 * ETH)
+        await watcher.step()
+        assert await balance(db, merchant_id, "alice", "ETH") == 2 * ETH
+        assert await balance(db, merchant_id, "bob", "ETH") == 3 * ETH
+        assert asked == []

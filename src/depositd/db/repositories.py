@@ -117,7 +117,7 @@ class AddressTaken(Exception):
     """An address row clashed with a unique key (a concurrent allocation won the race)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Owner:
     merchant_id: str
     user_id: str
@@ -975,12 +975,19 @@ class ChainRepository:
         result = await self._conn.execute(query.order_by(deposits.c.block_number, deposits.c.id))
         return [deposit_from_row(row._mapping) for row in result]
 
-    async def addresses_since(self, chain: str, since: datetime | None) -> list[str]:
-        query = select(addresses.c.address).where(addresses.c.chain == chain)
+    async def address_owners_since(
+        self, chain: str, since: datetime | None
+    ) -> list[tuple[str, str, str, str]]:
+        """(address, merchant id, user id, external id) of the addresses made since ``since``."""
+        query = (
+            select(addresses.c.address, users.c.merchant_id, users.c.id, users.c.external_id)
+            .join(users, users.c.id == addresses.c.user_id)
+            .where(addresses.c.chain == chain)
+        )
         if since is not None:
             query = query.where(addresses.c.created_at >= since)
         result = await self._conn.execute(query)
-        return [row.address for row in result]
+        return [(row[0], row[1], row[2], row[3]) for row in result]
 
 
 ORDER_WITH_USER = select(deposit_orders, users.c.external_id).join(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from weakref import WeakKeyDictionary
@@ -56,11 +56,14 @@ async def record_observations(
     *,
     clock: Callable[[], datetime] = utcnow,
     callbacks: Sequence[str | None] | None = None,
+    owners: Mapping[OwnerKey, Owner] | None = None,
 ) -> list[Recorded]:
     """Record a batch (say, one block's worth) in one transaction, in order.
 
     ``callbacks`` names, for each observation, the stored inbound callback it comes from (or
     None): the same transaction marks those processed, with what recording them did.
+    ``owners`` may say who owns some of the observations (keyed by ``owner_key``): a caller
+    that already knows, as the chain watcher knows its addresses; the rest are looked up.
 
     Idempotent: an observation that adds nothing (a duplicate, a replay, a stale confirmation
     count) changes nothing and emits nothing. Each real change moves the deposit through the
@@ -77,12 +80,12 @@ async def record_observations(
     if not observations:
         return []
 
-    owners = await _owners(db, observations)
+    owners_of = await _owners(db, observations, owners or {})
 
     async def attempt() -> list[Recorded]:
         async with open_recording(db) as store:
             now = clock()
-            recorded = await _record(store, assets, observations, owners, now)
+            recorded = await _record(store, assets, observations, owners_of, now)
             outcomes = [
                 (callback_id, r.deposit.id if r.deposit is not None else None, r.outcome, now)
                 for callback_id, r in zip(callbacks or (), recorded, strict=False)
@@ -263,14 +266,17 @@ async def _look_up(db: Database, keys: set[OwnerKey]) -> dict[OwnerKey, Owner]:
     return known
 
 
-async def _owners(db: Database, observations: Sequence[Observation]) -> list[Owner]:
-    """The owning user of each observation.
+async def _owners(
+    db: Database, observations: Sequence[Observation], given: Mapping[OwnerKey, Owner]
+) -> list[Owner]:
+    """The owning user of each observation: from ``given``, else looked up.
 
     Addresses and external ids never change owner, so answers are remembered on ``db`` and
     the write transaction does not pay for the lookup.
     """
-    keys = [_owner_key(obs.owner) for obs in observations]
-    known = await _look_up(db, set(keys))
+    keys = [owner_key(obs.owner) for obs in observations]
+    missing = {key for key in keys if key not in given}
+    known = {**given, **await _look_up(db, missing)} if missing else given
     owners = []
     for obs, key in zip(observations, keys, strict=True):
         owner = known.get(key)
@@ -285,7 +291,7 @@ async def _owners(db: Database, observations: Sequence[Observation]) -> list[Own
 _OWNER_CACHE_LIMIT = 200_000
 
 
-def _owner_key(owner: ToUser | ToAddress) -> OwnerKey:
+def owner_key(owner: ToUser | ToAddress) -> OwnerKey:
     if isinstance(owner, ToUser):
         return ("user", owner.merchant_id, owner.external_id)
     return ("address", owner.chain, owner.address.lower())

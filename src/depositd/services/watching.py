@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from depositd.clock import utcnow
 from depositd.db.engine import Database
-from depositd.db.repositories import BlockRow
+from depositd.db.repositories import BlockRow, Owner
 from depositd.db.uow import UnitOfWork
 from depositd.domain.deposits import DepositState, DepositStatus
 
@@ -57,21 +58,39 @@ async def deposits_above(db: Database, chain: str, fork_point: int) -> list[Depo
 
 
 class WatchedAddresses:
-    """Our deposit addresses on one chain (lower-case), kept current by ``refresh``."""
+    """Our deposit addresses on one chain (lower-case) with their owners, kept current by
+    ``refresh``.
+
+    An address never changes owner and is never removed, so the watcher records deposits to
+    them without asking the database whose they are (a query per round that cost up to a
+    tenth of a round's recording).
+    """
 
     def __init__(self, db: Database, chain: str) -> None:
         self._db = db
         self._chain = chain
         self._since: datetime | None = None
-        self.addresses: set[str] = set()
+        #: address → (merchant id, user id, external id): plain tuples of strings, which the
+        #: garbage collector stops tracking (a full collection walked 100,000 owner objects in
+        #: ~50 ms)
+        self.owners: dict[str, tuple[str, str, str]] = {}
+
+    def owner(self, address: str) -> Owner | None:
+        """Who owns ``address`` (lower-case), if it is one of ours."""
+        found = self.owners.get(address)
+        return None if found is None else Owner(*found)
 
     async def refresh(self) -> int:
         """Load addresses made since the last refresh; how many were new."""
         started = utcnow()
         since = None if self._since is None else self._since - ADDRESS_OVERLAP
         async with UnitOfWork(self._db, write=False) as uow:
-            found = await uow.chains.addresses_since(self._chain, since)
-        before = len(self.addresses)
-        self.addresses.update(found)
+            found = await uow.chains.address_owners_since(self._chain, since)
+        owners = self.owners
+        before = len(owners)
+        for address, merchant_id, user_id, external_id in found:
+            if address not in owners:
+                # one string per merchant, not one per address
+                owners[address] = (sys.intern(merchant_id), user_id, external_id)
         self._since = started
-        return len(self.addresses) - before
+        return len(owners) - before

@@ -47,7 +47,8 @@ from depositd.chain.transfers import Transfer, find_transfers, native_candidates
 from depositd.clock import utcnow, wait_set
 from depositd.config import ChainConfig
 from depositd.db.engine import Database
-from depositd.db.repositories import BlockRow
+from depositd.db.recording import OwnerKey
+from depositd.db.repositories import BlockRow, Owner
 from depositd.domain.assets import Asset, AssetBook
 from depositd.domain.deposits import (
     ChainRef,
@@ -58,7 +59,7 @@ from depositd.domain.deposits import (
     ToUser,
 )
 from depositd.services import watching
-from depositd.services.observations import Recorded, record_observations
+from depositd.services.observations import Recorded, owner_key, record_observations
 from depositd.workers.backoff import Backoff
 
 log = structlog.get_logger("depositd.watcher")
@@ -335,7 +336,7 @@ class ChainWatcher:
             # addresses are refreshed after the blocks are read: an address a deposit in them
             # was sent to was handed out, so committed, before that deposit was sent
             await self._watched.refresh()
-            self.status.watched_addresses = len(self._watched.addresses)
+            self.status.watched_addresses = len(self._watched.owners)
             found.transfers = await self._transfers(read)
             # catching up, the node reads the next ranges while this one is recorded (not
             # sooner: this range's receipts would queue behind them)
@@ -424,7 +425,7 @@ class ChainWatcher:
     async def _complete_candidates(self, read: _Read) -> None:
         """Read by hash what ``read``'s blocks lack of the native transfers to our addresses:
         receipts of the transactions in full blocks, transactions of the receipts."""
-        candidates = native_candidates(read.range.blocks, self._watched.addresses, self._native)
+        candidates = native_candidates(read.range.blocks, self._watched.owners, self._native)
         receipts = [
             c.tx_hash for c in candidates if c.receipt is None and c.tx_hash not in read.receipts
         ]
@@ -445,13 +446,13 @@ class ChainWatcher:
         for deposit in await watching.open_deposits(self._db, self.chain):
             self._wait_for(_owned_observation(deposit), deposit)
         await self._watched.refresh()
-        self.status.watched_addresses = len(self._watched.addresses)
+        self.status.watched_addresses = len(self._watched.owners)
         self._loaded = True
         log.info(
             "watching",
             chain=self.chain,
             cursor=self.status.cursor,
-            addresses=len(self._watched.addresses),
+            addresses=len(self._watched.owners),
             waiting=len(self._waiting),
             tokens=sorted(a.code for a in self._tokens.values()),
         )
@@ -486,7 +487,7 @@ class ChainWatcher:
         return find_transfers(
             self.chain,
             read.range,
-            self._watched.addresses,
+            self._watched.owners,
             self._tokens,
             self._native,
             read.receipts,
@@ -524,7 +525,14 @@ class ChainWatcher:
                 observations.append(_with_confirmations(waiting.observation, confirmations))
         if not observations:
             return
-        recorded = await record_observations(self._db, self._assets, observations)
+        # new transfers name one of our addresses, whose owner we hold; the rest name the
+        # user of a deposit already recorded, and are looked up (and remembered)
+        owners: dict[OwnerKey, Owner] = {}
+        for observation in observations:
+            owned = owner_key(observation.owner)
+            if owned[0] == "address" and (owner := self._watched.owner(owned[2])) is not None:
+                owners[owned] = owner
+        recorded = await record_observations(self._db, self._assets, observations, owners=owners)
         self._note(observations, recorded)
 
     def _note(self, observations: Sequence[Observation], recorded: Sequence[Recorded]) -> None:
