@@ -15,10 +15,15 @@ def dump_json(value: Any) -> str:
     orjson is several times faster than ``json.dumps`` (a block's events are thousands of
     payloads) but refuses integers beyond 64 bits and non-string keys: those take the slow path.
     """
+    return dump_json_bytes(value).decode()
+
+
+def dump_json_bytes(value: Any) -> bytes:
+    """``dump_json``, UTF-8 encoded: a request body."""
     try:
-        return orjson.dumps(value, default=_plain).decode()
+        return orjson.dumps(value, default=_plain)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=_plain)
+        return json.dumps(value, separators=(",", ":"), default=_plain).encode()
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ of whichever process answers the scrape: scrape separate processes (``depositd w
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -178,10 +179,12 @@ def exposition(figures: DatabaseFigures, chains: Iterable[ChainGauge]) -> bytes:
 
 def count_recorded(statuses: Iterable[tuple[str, str]]) -> None:
     """Count committed transitions: (status entered, reason code) pairs."""
-    for status, reason in statuses:
-        TRANSITIONS.labels(status).inc()
+    # a catch-up round commits thousands: one increment per label, not per transition
+    counted = Tally(statuses)
+    for (status, reason), count in counted.items():
+        TRANSITIONS.labels(status).inc(count)
         if status == "held":
-            HOLDS.labels(reason).inc()
+            HOLDS.labels(reason).inc(count)
 
 
 def set_alerts(firing: Mapping[str, bool]) -> None:

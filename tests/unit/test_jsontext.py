@@ -3,7 +3,7 @@ from types import MappingProxyType
 
 import pytest
 
-from depositd.jsontext import dump_json
+from depositd.jsontext import dump_json, dump_json_bytes
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ from depositd.jsontext import dump_json
 )
 def test_round_trips_through_the_standard_library(value: object) -> None:
     assert json.loads(dump_json(value)) == value
+    assert json.loads(dump_json_bytes(value)) == value  # a request body: UTF-8 bytes
 
 
 def test_mappings_that_are_not_dicts() -> None:

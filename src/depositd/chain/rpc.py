@@ -23,6 +23,9 @@ import aiohttp
 import msgspec
 
 from depositd.errors import DepositdError
+from depositd.jsontext import dump_json_bytes
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class RpcError(DepositdError):
@@ -136,7 +139,10 @@ class EvmRpc:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            async with self._session.post(self.url, json=payload) as response:
+            # orjson: the standard library's encoder was a tenth of a catch-up's parsing work
+            async with self._session.post(
+                self.url, data=dump_json_bytes(payload), headers=_JSON
+            ) as response:
                 if response.status >= 400:
                     text = (await response.text())[:200]
                     raise RpcUnavailable(f"{self.url}: HTTP {response.status} {text}")

@@ -105,11 +105,11 @@ class Screening:
     changed_first: set[str] = field(default_factory=set)
 
     def history_rows(self) -> list[tuple[str, str, str]]:
-        return [(user, asset, json.dumps(self.histories[user, asset]))
+        return [(user, asset, dump_json(self.histories[user, asset]))
                 for user, asset in sorted(self.changed_histories)]  # fmt: skip
 
     def first_rows(self) -> list[tuple[str, str]]:
-        return [(asset, json.dumps(self.first[asset])) for asset in sorted(self.changed_first)]
+        return [(asset, dump_json(self.first[asset])) for asset in sorted(self.changed_first)]
 
 
 @asynccontextmanager
@@ -177,7 +177,7 @@ def _sqlite_owner_rows(
         rows = []
         for (kind, scope), values in queries:
             sql = _SQLITE_OWNERS_BY_USER if kind == "user" else _SQLITE_OWNERS_BY_ADDRESS
-            cursor.execute(sql, (scope, json.dumps(values)))
+            cursor.execute(sql, (scope, dump_json(values)))
             rows += [(kind, scope, *row) for row in cursor.fetchall()]
         return rows
     finally:
@@ -256,7 +256,7 @@ class _SqliteStore:
     def _lock(self, identities: list[str]) -> dict[str, DepositState]:
         # the write lock is already ours (BEGIN IMMEDIATE): reading is locking
         cursor = self._cursor()
-        cursor.execute(_SQLITE_LOCK, (json.dumps(identities),))
+        cursor.execute(_SQLITE_LOCK, (dump_json(identities),))
         names = [column[0] for column in cursor.description]
         found = {}
         for values in cursor:
@@ -337,7 +337,7 @@ class _SqliteStore:
             rows.append((key, account.merchant_id, account.user_id, account.asset,
                          account.side.value, balance))  # fmt: skip
         cursor.executemany(_SQLITE_UPSERT_ACCOUNT, rows)
-        cursor.execute(_SQLITE_ACCOUNT_IDS, (json.dumps(keys),))
+        cursor.execute(_SQLITE_ACCOUNT_IDS, (dump_json(keys),))
         ids = dict(cursor.fetchall())
         cursor.executemany(
             _SQLITE_POST,
@@ -364,10 +364,10 @@ class _SqliteStore:
     ) -> LimitCheck:
         # the write lock is ours already: nobody else credits these users meanwhile
         cursor = self._cursor()
-        users = json.dumps(sorted(user_ids))
+        users = dump_json(sorted(user_ids))
         cursor.execute(_SQLITE_KYC_LEVELS, (users,))
         levels = dict(cursor.fetchall())
-        cursor.execute(_SQLITE_CREDITED_SINCE, (users, json.dumps(sorted(assets)),
+        cursor.execute(_SQLITE_CREDITED_SINCE, (users, dump_json(sorted(assets)),
                                                 _sqlite_stamp(since)))  # fmt: skip
         return LimitCheck(levels, _sum_credited(cursor.fetchall()))
 
@@ -377,7 +377,7 @@ class _SqliteStore:
     def _screening(self, user_ids: Collection[str], assets: Collection[str]) -> Screening:
         # the write lock is ours already: nobody else credits these users meanwhile
         cursor = self._cursor()
-        users, codes = json.dumps(sorted(user_ids)), json.dumps(sorted(assets))
+        users, codes = dump_json(sorted(user_ids)), dump_json(sorted(assets))
         cursor.execute(_SQLITE_KYC_LEVELS, (users,))
         levels = dict(cursor.fetchall())
         cursor.execute(_SQLITE_HISTORIES, (users, codes))

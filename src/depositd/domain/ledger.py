@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from depositd.domain.deposits import DepositState, Posting
 
@@ -63,7 +64,7 @@ class Entry:
 def postings_for(deposit: DepositState, posting: Posting) -> list[Entry]:
     """Entries for ``posting`` on ``deposit`` as it is *after* the transition."""
     available = Account(deposit.merchant_id, deposit.user_id, deposit.asset, Side.AVAILABLE)
-    external = Account(deposit.merchant_id, None, deposit.asset, Side.EXTERNAL)
+    external = _external(deposit.merchant_id, deposit.asset)
     amount = deposit.amount if posting is Posting.CREDIT else -deposit.amount
     # a reversal has already moved the deposit on to its next generation
     generation = deposit.credit_generation - (posting is Posting.REVERSAL)
@@ -71,3 +72,9 @@ def postings_for(deposit: DepositState, posting: Posting) -> list[Entry]:
         Entry(external, -amount, posting, generation),
         Entry(available, amount, posting, generation),
     ]
+
+
+@lru_cache(maxsize=1024)
+def _external(merchant_id: str, asset: str) -> Account:
+    # every deposit of a merchant's asset posts to it: one object, not one per entry
+    return Account(merchant_id, None, asset, Side.EXTERNAL)
