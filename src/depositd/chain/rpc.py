@@ -139,7 +139,7 @@ class EvmRpc:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            # orjson: the standard library's encoder was a tenth of a catch-up's parsing work
+            # orjson: the standard library's encoder took ~8% of the reading's Python (py-spy)
             async with self._session.post(
                 self.url, data=dump_json_bytes(payload), headers=_JSON
             ) as response:

@@ -292,6 +292,7 @@ _OWNER_CACHE_LIMIT = 200_000
 
 
 def owner_key(owner: ToUser | ToAddress) -> OwnerKey:
+    """How ``owners`` and the owner cache name the owner of an observation."""
     if isinstance(owner, ToUser):
         return ("user", owner.merchant_id, owner.external_id)
     return ("address", owner.chain, owner.address.lower())
