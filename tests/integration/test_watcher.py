@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from datetime import timedelta
 
 import pytest
 
 from depositd.chain.evm import ChainMoved, ChainReader
+from depositd.db import recording
 from depositd.db.engine import Database
-from depositd.db.repositories import DepositFilter
+from depositd.db.recording import OwnerKey
+from depositd.db.repositories import DepositFilter, Owner
 from depositd.devchain import DEMO_XPUB
 from depositd.services import addresses, merchants, observations, orders, queries, users
 
@@ -227,12 +230,11 @@ async def test_the_watcher_records_deposits_to_its_addresses_without_looking_up_
 ) -> None:
     # it loads each address with its owner; an address made after it started is picked up
     # with its owner by the round's refresh
-    asked: list[object] = []
-    real_find_owners = observations.find_owners
+    asked: list[Collection[OwnerKey]] = []
 
-    async def find_owners(db: Database, keys: object) -> object:
+    async def find_owners(db: Database, keys: Collection[OwnerKey]) -> dict[OwnerKey, Owner]:
         asked.append(keys)
-        return await real_find_owners(db, keys)  # type: ignore[arg-type]
+        return await recording.find_owners(db, keys)
 
     monkeypatch.setattr(observations, "find_owners", find_owners)
     async with live_chain(anvil_url) as chain:

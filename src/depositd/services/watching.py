@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import KeysView, Sequence
 from datetime import datetime, timedelta
 
 from depositd.clock import utcnow
@@ -73,11 +73,15 @@ class WatchedAddresses:
         #: address → (merchant id, user id, external id): plain tuples of strings, which the
         #: garbage collector stops tracking (a full collection walked 100,000 owner objects in
         #: ~50 ms)
-        self.owners: dict[str, tuple[str, str, str]] = {}
+        self._owners: dict[str, tuple[str, str, str]] = {}
+
+    @property
+    def addresses(self) -> KeysView[str]:
+        return self._owners.keys()
 
     def owner(self, address: str) -> Owner | None:
         """Who owns ``address`` (lower-case), if it is one of ours."""
-        found = self.owners.get(address)
+        found = self._owners.get(address)
         return None if found is None else Owner(*found)
 
     async def refresh(self) -> int:
@@ -86,7 +90,7 @@ class WatchedAddresses:
         since = None if self._since is None else self._since - ADDRESS_OVERLAP
         async with UnitOfWork(self._db, write=False) as uow:
             found = await uow.chains.address_owners_since(self._chain, since)
-        owners = self.owners
+        owners = self._owners
         before = len(owners)
         for address, merchant_id, user_id, external_id in found:
             if address not in owners:

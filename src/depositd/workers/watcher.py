@@ -336,7 +336,7 @@ class ChainWatcher:
             # addresses are refreshed after the blocks are read: an address a deposit in them
             # was sent to was handed out, so committed, before that deposit was sent
             await self._watched.refresh()
-            self.status.watched_addresses = len(self._watched.owners)
+            self.status.watched_addresses = len(self._watched.addresses)
             found.transfers = await self._transfers(read)
             # catching up, the node reads the next ranges while this one is recorded (not
             # sooner: this range's receipts would queue behind them)
@@ -425,7 +425,7 @@ class ChainWatcher:
     async def _complete_candidates(self, read: _Read) -> None:
         """Read by hash what ``read``'s blocks lack of the native transfers to our addresses:
         receipts of the transactions in full blocks, transactions of the receipts."""
-        candidates = native_candidates(read.range.blocks, self._watched.owners, self._native)
+        candidates = native_candidates(read.range.blocks, self._watched.addresses, self._native)
         receipts = [
             c.tx_hash for c in candidates if c.receipt is None and c.tx_hash not in read.receipts
         ]
@@ -446,13 +446,13 @@ class ChainWatcher:
         for deposit in await watching.open_deposits(self._db, self.chain):
             self._wait_for(_owned_observation(deposit), deposit)
         await self._watched.refresh()
-        self.status.watched_addresses = len(self._watched.owners)
+        self.status.watched_addresses = len(self._watched.addresses)
         self._loaded = True
         log.info(
             "watching",
             chain=self.chain,
             cursor=self.status.cursor,
-            addresses=len(self._watched.owners),
+            addresses=len(self._watched.addresses),
             waiting=len(self._waiting),
             tokens=sorted(a.code for a in self._tokens.values()),
         )
@@ -487,7 +487,7 @@ class ChainWatcher:
         return find_transfers(
             self.chain,
             read.range,
-            self._watched.owners,
+            self._watched.addresses,
             self._tokens,
             self._native,
             read.receipts,
